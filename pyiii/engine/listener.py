@@ -1,0 +1,219 @@
+"""The WebSocket listener (spec §1): routes, limits, liveness, and the WebSocket connection.
+
+Built on ``websockets``' asyncio server. Outbound frames are written synchronously through the
+library's sans-I/O protocol object, so a send on the invocation path never waits and never
+creates a task; unsent data is bounded instead (§1.4, 256 MiB, then close 1011).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from .. import protocol
+from ..protocol import Close
+from .connection import Connection, FrameTooLarge
+from .telemetry import handle_telemetry
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+log = logging.getLogger("pyiii.engine.listener")
+
+
+@dataclass
+class ListenerConfig:
+    host: str = "0.0.0.0"
+    port: int = protocol.DEFAULT_ENGINE_PORT
+    handshake_timeout_ms: int = protocol.HANDSHAKE_TIMEOUT_MS
+    ping_interval_s: float = protocol.PING_INTERVAL_S
+    ping_timeout_s: float = protocol.PING_TIMEOUT_S
+    rbac: Any = None
+    middleware_function_id: str | None = None
+
+
+class WsConnection(Connection):
+    transport = "websocket"
+
+    def __init__(self, ws: ServerConnection, ip_address: str | None) -> None:
+        super().__init__(ip_address)
+        self.ws = ws
+
+    def send(self, frame: dict[str, Any]) -> None:
+        data = protocol.encode(frame)
+        if len(data) > self.recipient_limit:
+            raise FrameTooLarge(len(data), self.recipient_limit)
+        write_frame(self.ws, data, self)
+
+    def close(self, code: int = Close.NORMAL, reason: str = "") -> None:
+        ws = self.ws
+        if ws.protocol.state is State.OPEN:
+            asyncio.ensure_future(ws.close(code, reason))
+
+
+def write_frame(ws: ServerConnection, data: bytes, conn: Connection | None = None) -> None:
+    """Write one text message now; fragment it above 16 MiB on UTF-8 boundaries."""
+    proto = ws.protocol
+    if proto.state is not State.OPEN:
+        return
+    if len(data) <= protocol.SINGLE_FRAME_MAX:
+        proto.send_text(data)
+    else:
+        first = True
+        view = memoryview(data)
+        start = 0
+        while start < len(data):
+            end = min(start + protocol.OUTBOUND_FRAGMENT, len(data))
+            while end < len(data) and (data[end] & 0xC0) == 0x80:
+                end -= 1  # never split a UTF-8 sequence
+            chunk = bytes(view[start:end])
+            fin = end >= len(data)
+            if first:
+                proto.send_text(chunk, fin=fin)
+                first = False
+            else:
+                proto.send_continuation(chunk, fin=fin)
+            start = end
+    ws.send_data()
+    transport = ws.transport
+    # get_write_buffer_size is O(1); checked on every send so a stuck peer is cut off early
+    if transport is not None and transport.get_write_buffer_size() > protocol.OUTBOUND_BACKLOG_LIMIT:
+        log.warning("closing %s: over %d bytes unsent (the peer stopped reading)",
+                    conn.label() if conn else "socket", protocol.OUTBOUND_BACKLOG_LIMIT)
+        # a polite close would queue behind the backlog it is meant to stop
+        proto.fail(Close.INTERNAL, "outbound backlog")
+        transport.abort()
+
+
+def _reject(status: http.HTTPStatus, text: str) -> Response:
+    body = (text + "\n").encode()
+    headers = Headers([("Content-Type", "text/plain; charset=utf-8"),
+                       ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Listener:
+    """One engine listener: ``/`` (workers), ``/otel`` (telemetry), ``/ws/channels/{id}``."""
+
+    def __init__(self, engine: "Engine", config: ListenerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.server = await serve(
+            self._handler, cfg.host, cfg.port,
+            process_request=self._route,
+            compression=None,
+            max_size=protocol.MAX_INBOUND_MESSAGE,
+            max_queue=64,
+            ping_interval=cfg.ping_interval_s,
+            ping_timeout=cfg.ping_timeout_s,
+            open_timeout=cfg.handshake_timeout_ms / 1000,
+            close_timeout=2,
+            select_subprotocol=lambda conn, offered: None,
+            server_header=None,
+            logger=logging.getLogger("pyiii.engine.websockets"),
+        )
+
+    async def close(self, code: int = Close.GOING_AWAY) -> None:
+        """Stop accepting, close every socket with ``code`` and wait for the handlers."""
+        if self.server is None:
+            return
+        self.server.close(close_connections=False)
+        for ws in list(self.server.connections):
+            asyncio.ensure_future(ws.close(code, "engine shutting down"))
+        await self.server.wait_closed()
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=False)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _route(self, ws: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path = parts.path
+        if path in ("/", "/otel"):
+            return None
+        if path.startswith("/ws/channels/"):
+            channel_id = path[len("/ws/channels/"):]
+            query = parse_qs(parts.query)
+            key = query.get("key", [None])[0]
+            direction = query.get("dir", [None])[0]
+            status = self.engine.channels.check(channel_id, key, direction)
+            if status == 101:
+                return None
+            text = {404: "unknown channel or wrong key", 400: "dir must be read or write",
+                    409: "this end of the channel is already connected"}[status]
+            return _reject(http.HTTPStatus(status), text)
+        return _reject(http.HTTPStatus.NOT_FOUND, f"no route {path}; use /, /otel or /ws/channels/<id>")
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        parts = urlsplit(ws.request.path)
+        if parts.path == "/":
+            await self._control(ws)
+        elif parts.path == "/otel":
+            await self._telemetry(ws)
+        else:
+            query = parse_qs(parts.query)
+            direction = query["dir"][0]
+            channel = self.engine.channels.claim(parts.path[len("/ws/channels/"):], direction)
+            if channel is None:
+                await ws.close(Close.POLICY, "channel end already taken")
+                return
+            await self.engine.channels.serve(ws, channel, direction)
+
+    async def _control(self, ws: ServerConnection) -> None:
+        peer = ws.remote_address
+        conn = WsConnection(ws, peer[0] if peer else None)
+        engine = self.engine
+        engine.accept(conn)
+        handle = engine.handle
+        try:
+            async for message in ws:
+                if isinstance(message, bytes) and message[:4] in protocol.TELEMETRY_PREFIXES:
+                    handle_telemetry(message)
+                    continue
+                try:
+                    frame = protocol.decode(message)
+                except ValueError as exc:
+                    log.warning("dropped frame from %s: %s", conn.label(), exc)
+                    continue
+                if frame is not None:
+                    try:
+                        handle(conn, frame)
+                    except FrameTooLarge as exc:
+                        log.warning("reply to %s not sent: %s", conn.label(), exc)
+                    except Exception:  # a bug must not take the connection down
+                        log.exception("error handling %s frame from %s", frame.get("type"),
+                                      conn.label())
+        except ConnectionClosed:
+            pass
+        finally:
+            engine.disconnect(conn)
+
+    async def _telemetry(self, ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, bytes) and message[:4] in protocol.TELEMETRY_PREFIXES:
+                    handle_telemetry(message)
+        except ConnectionClosed:
+            pass
