@@ -113,6 +113,18 @@ class Close:
     RESTART = 1012  # listener rebound on reload
 
 
+class TransportClosed(ConnectionError):
+    """A worker link (WebSocket or in-process) ended; shared by the engine and the SDK.
+
+    ``code``/``reason`` carry the WebSocket close code and reason when known.
+    """
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__(f"transport closed ({code}) {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
 class InvalidFrame(Exception):
     """A frame with a known type but a missing or ill-typed required field."""
 

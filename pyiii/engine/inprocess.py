@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ..protocol import TransportClosed
 from .connection import Connection
 
 if TYPE_CHECKING:
     from .core import Engine
 
 _CLOSED = None
-
-
-class TransportClosed(ConnectionError):
-    """Raised by ``recv``/``send`` once the link has ended (matches the SDK's contract)."""
 
 
 class InProcessConnection(Connection):
@@ -51,14 +48,14 @@ class LocalTransport:
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self._closed or self._conn.closing:
-            raise TransportClosed("in-process connection closed")
+            raise TransportClosed(None, "in-process connection closed")
         self._engine.handle(self._conn, frame)
 
     async def recv(self) -> dict[str, Any]:
         frame = await self._conn.inbox.get()
         if frame is _CLOSED:
             self._closed = True
-            raise TransportClosed("in-process connection closed by the engine")
+            raise TransportClosed(None, "in-process connection closed by the engine")
         return frame
 
     async def close(self) -> None:

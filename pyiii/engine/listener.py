@@ -136,10 +136,17 @@ class Listener:
         """Stop accepting, close every socket with ``code`` and wait for the handlers."""
         if self.server is None:
             return
-        self.server.close(close_connections=False)
-        for ws in list(self.server.connections):
+        server = self.server
+        server.close(close_connections=False)
+        for ws in list(server.connections):
             asyncio.ensure_future(ws.close(code, "engine shutting down"))
-        await self.server.wait_closed()
+        # handlers end when their socket closes; one blocked elsewhere (a channel writer
+        # waiting for buffer space) is cancelled rather than holding shutdown hostage
+        done, pending = await asyncio.wait(server.handler_tasks, timeout=3) \
+            if server.handler_tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await server.wait_closed()
 
     def stop_accepting(self) -> None:
         if self.server is not None:

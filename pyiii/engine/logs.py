@@ -49,8 +49,10 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler._pyiii = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # replace only our own earlier handler: others (a host application, test capture) stay
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_pyiii", False)] + [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
     # the websockets library logs every handshake at INFO; keep only its problems
     logging.getLogger("pyiii.engine.websockets").setLevel(logging.WARNING)

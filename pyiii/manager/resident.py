@@ -1,0 +1,131 @@
+"""The declared worker set: start, stop and re-apply what config.yaml lists (spec/cli.md §1.5).
+
+This increment runs first-party workers in the engine's event loop (in-process transport).
+Entries of other kinds (registry, OCI, local folders) need the process supervisor; until it is
+present they are reported as failed with that reason instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.config import ProjectConfig, WorkerEntry
+from ..engine.core import Engine
+from ..engine.firstparty import ALWAYS_ON, FIRST_PARTY
+from ..engine.inprocess import local_connector
+
+log = logging.getLogger("pyiii.manager")
+
+
+@dataclass
+class Declared:
+    entry: WorkerEntry
+    running: Any = None  # RunningWorker
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "running" if self.running is not None else ("failed" if self.error else "stopped")
+
+
+class WorkerSet:
+    def __init__(self, engine: Engine, project: ProjectConfig, ephemeral: bool) -> None:
+        self.engine = engine
+        self.project = project
+        self.ephemeral = ephemeral
+        self.workers: dict[str, Declared] = {}
+        self.config_error: str | None = None
+        self._applied_once = False
+
+    def running_count(self) -> int:
+        return sum(1 for d in self.workers.values() if d.running is not None)
+
+    async def apply(self, project: ProjectConfig) -> None:
+        self.project = project
+        wanted = {e.name: e for e in project.workers if e.name not in ALWAYS_ON}
+        removed = [n for n in self.workers if n not in wanted]
+        changed = [n for n, e in wanted.items() if n in self.workers and self.workers[n].entry != e]
+        added = [n for n in wanted if n not in self.workers]
+        for name in removed:
+            await self._stop(self.workers.pop(name))
+        for name in changed:
+            declared = self.workers[name]
+            old, new = declared.entry, wanted[name]
+            if declared.running is not None and _only_config_changed(old, new) and hasattr(
+                    declared.running, "reconfigure"):
+                try:
+                    await declared.running.reconfigure(new.config)
+                    declared.entry = new
+                    continue
+                except ValueError as exc:
+                    log.error("%s: new config rejected, keeping the old one: %s", name, exc)
+                    continue
+            await self._stop(declared)
+            self.workers[name] = Declared(new)
+            await self._start(self.workers[name])
+        for name in added:
+            self.workers[name] = Declared(wanted[name])
+            await self._start(self.workers[name])
+        if self._applied_once and (added or removed or changed):
+            parts = [f"+{n}" for n in added] + [f"~{n}" for n in changed] + [f"-{n}" for n in removed]
+            log.info("config reloaded: %s", " ".join(parts))
+        self._applied_once = True
+
+    async def _start(self, declared: Declared) -> None:
+        entry = declared.entry
+        if not entry.enabled:
+            return
+        if entry.kind != "builtin":
+            declared.error = (f"{entry.kind} workers run under the process supervisor, which this "
+                              "version of pyiii does not include yet")
+            log.error("%s not started: %s", entry.name, declared.error)
+            return
+        module_name = FIRST_PARTY[entry.name].module
+        try:
+            module = importlib.import_module(module_name) if module_name else None
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            module = None
+        if module is None or not hasattr(module, "start"):
+            declared.error = f"first-party worker {entry.name} is not available in this version"
+            log.error("%s not started: %s", entry.name, declared.error)
+            return
+        from ..workers.base import WorkerContext
+
+        ctx = WorkerContext(entry.name, dict(entry.config), self.project.project_dir,
+                            self.ephemeral, connector=local_connector(self.engine),
+                            namespace=entry.namespace)
+        try:
+            declared.running = await module.start(ctx)
+        except ValueError as exc:
+            declared.error = f"invalid config: {exc}"
+            log.error("%s not started: %s", entry.name, declared.error)
+            return
+        except Exception as exc:
+            declared.error = f"failed to start: {exc}"
+            log.exception("%s failed to start", entry.name)
+            return
+        log.info("started %s (builtin, in-process)", entry.name)
+
+    async def _stop(self, declared: Declared) -> None:
+        if declared.running is None:
+            return
+        try:
+            await declared.running.stop()
+        except Exception:
+            log.exception("%s did not stop cleanly", declared.entry.name)
+        declared.running = None
+
+    async def stop_all(self) -> None:
+        for declared in list(self.workers.values()):
+            await self._stop(declared)
+
+
+def _only_config_changed(old: WorkerEntry, new: WorkerEntry) -> bool:
+    from dataclasses import replace
+
+    return replace(old, config=new.config) == new
