@@ -212,6 +212,8 @@ class Registrations:
         if name is not None:
             engine.leases[(namespace, name)] = conn
         conn.info = _worker_info(data, name)
+        if conn.transport == "in-process":
+            conn.info.isolation = "in-process"  # the engine knows; never trust a claim here
         if LARGE_MESSAGES_FEATURE in conn.info.features or conn.info.runtime in \
                 protocol.LARGE_MESSAGE_RUNTIMES:
             conn.recipient_limit = protocol.LARGE_RECIPIENT_LIMIT

@@ -32,8 +32,10 @@ class Declared:
 
 
 class WorkerSet:
-    def __init__(self, engine: Engine, project: ProjectConfig, ephemeral: bool) -> None:
+    def __init__(self, engine: Engine, project: ProjectConfig, ephemeral: bool,
+                 engine_url: str | None = None) -> None:
         self.engine = engine
+        self.engine_url = engine_url  # for channel sockets, which always go over WebSocket
         self.project = project
         self.ephemeral = ephemeral
         self.workers: dict[str, Declared] = {}
@@ -97,7 +99,8 @@ class WorkerSet:
         from ..workers.base import WorkerContext
 
         ctx = WorkerContext(entry.name, dict(entry.config), self.project.project_dir,
-                            self.ephemeral, connector=local_connector(self.engine),
+                            self.ephemeral, url=self.engine_url,
+                            connector=local_connector(self.engine),
                             namespace=entry.namespace)
         try:
             declared.running = await module.start(ctx)

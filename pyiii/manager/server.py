@@ -113,7 +113,8 @@ class Server:
             self.lock.publish(url, project.config_path)
         where = project.config_path or "default configuration, nothing written"
         log.info("iii %s listening on %s (config: %s)", __version__, url, where)
-        self.workers = WorkerSet(engine, project, ephemeral=self.options.use_default_config)
+        self.workers = WorkerSet(engine, project, ephemeral=self.options.use_default_config,
+                                 engine_url=url)
         await self.workers.apply(project)
         if not self.options.use_default_config and not self.options.no_reload:
             assert project.config_path is not None

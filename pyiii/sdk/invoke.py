@@ -92,7 +92,13 @@ def to_json_value(value: Any) -> Any:
 
 def error_body_for(exc: BaseException) -> dict[str, Any]:
     """What a handler failure becomes on the wire: ``invocation_failed``, the exception
-    text, and the formatted traceback for the caller's debugging."""
+    text, and the formatted traceback for the caller's debugging. A handler that raises
+    ``InvocationError`` chooses its own code and message (how workers report their
+    documented error codes)."""
+    from .errors import InvocationError
+
+    if isinstance(exc, InvocationError):
+        return {"code": exc.code, "message": exc.message}
     return {
         "code": Code.INVOCATION_FAILED,
         "message": str(exc),

@@ -1,0 +1,1 @@
+"""Storage adapters behind small interfaces: ``memory`` and ``sqlite`` (embedded default)."""

@@ -1,0 +1,260 @@
+"""iii-state: a JSON key/value store addressed by (scope, key), with ``state`` change triggers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ...sdk import III, TriggerConfig, TriggerHandler, register_worker
+from ...storage.kv import KeyValueStore, open_kv
+from .. import settings
+from ..base import WorkerContext
+from ..conditions import ConditionFailed, passes
+from ..update_ops import apply_ops, validate_ops
+
+log = logging.getLogger("pyiii.workers.state")
+
+ACCEPTED = ("adapter", "triggers_enabled", "max_value_bytes")
+IGNORED = ("save_interval_ms",)
+
+
+class StateError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class StateSettings:
+    adapter: settings.Adapter
+    triggers_enabled: bool
+    max_value_bytes: int | None
+
+
+def parse_settings(config: dict[str, Any], ephemeral: bool) -> StateSettings:
+    settings.check_keys("iii-state", config, ACCEPTED, IGNORED)
+    return StateSettings(
+        adapter=settings.adapter("iii-state", config, "sqlite", ephemeral),
+        triggers_enabled=settings.boolean(config, "triggers_enabled", True),
+        max_value_bytes=settings.integer(config, "max_value_bytes", None, minimum=1),
+    )
+
+
+def _bad(function_id: str, detail: str) -> StateError:
+    return StateError("deserialization_error",
+                      f"Failed to deserialize input for {function_id}: {detail}")
+
+
+def _address(function_id: str, data: Any) -> tuple[str, str]:
+    if not isinstance(data, dict):
+        raise _bad(function_id, "expected an object with `scope` and `key`")
+    scope, key = data.get("scope"), data.get("key")
+    if not isinstance(scope, str):
+        raise _bad(function_id, "missing or non-string field `scope`")
+    if not isinstance(key, str):
+        raise _bad(function_id, "missing or non-string field `key`")
+    return scope, key
+
+
+class StateBindings(TriggerHandler[Any]):
+    """The ``state`` trigger type: bindings kept in registration order."""
+
+    def __init__(self) -> None:
+        self.bindings: dict[str, TriggerConfig[Any]] = {}
+
+    def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        cfg = config.config if config.config is not None else {}
+        if not isinstance(cfg, dict):
+            raise ValueError("state trigger config must be an object {scope?, key?, "
+                             "condition_function_id?}")
+        for name in ("scope", "key", "condition_function_id"):
+            if cfg.get(name) is not None and not isinstance(cfg[name], str):
+                raise ValueError(f"state trigger config.{name} must be a string")
+        self.bindings.pop(config.id, None)  # a replacement moves to the end, like a new one
+        self.bindings[config.id] = config
+
+    def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        self.bindings.pop(config.id, None)
+
+    def matching(self, scope: str, key: str) -> list[TriggerConfig[Any]]:
+        found = []
+        for binding in self.bindings.values():
+            cfg = binding.config or {}
+            if cfg.get("scope") is not None and cfg["scope"] != scope:
+                continue
+            if cfg.get("key") is not None and cfg["key"] != key:
+                continue
+            found.append(binding)
+        return found
+
+
+class StateWorker:
+    def __init__(self, iii: III, store: KeyValueStore, config: StateSettings,
+                 ctx: WorkerContext) -> None:
+        self.iii = iii
+        self.store = store
+        self.settings = config
+        self.ctx = ctx
+        self.triggers = StateBindings()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def register(self) -> None:
+        iii = self.iii
+        for name, handler, description in (
+            ("state::set", self.set, "Store a value at (scope, key)"),
+            ("state::get", self.get, "Read the value at (scope, key), or null"),
+            ("state::delete", self.delete, "Remove the value at (scope, key)"),
+            ("state::update", self.update, "Apply update operations to the value at (scope, key)"),
+            ("state::list", self.list, "All values of a scope, in first-write order"),
+            ("state::list_groups", self.list_groups, "All scopes that hold values"),
+        ):
+            iii.register_function(name, _guard(name, handler), description=description)
+        iii.register_trigger_type({"id": "state", "description": "Fires when a state value changes"},
+                                  self.triggers)
+
+    # -- functions --------------------------------------------------------------------------
+
+    def _check_size(self, value: Any) -> None:
+        limit = self.settings.max_value_bytes
+        if limit is not None:
+            size = len(orjson.dumps(value))
+            if size > limit:
+                raise StateError("VALUE_TOO_LARGE", f"value of {size} bytes exceeds the "
+                                                    f"configured max_value_bytes limit of {limit}")
+
+    async def set(self, data: Any) -> Any:
+        scope, key = _address("state::set", data)
+        value = data["value"] if "value" in data else data.get("data")
+        self._check_size(value)
+        existed, old = await self._store("SET_ERROR", self.store.set(scope, key, value))
+        self._fire(scope, key, "state:updated" if existed else "state:created", old, value)
+        return {"old_value": old, "new_value": value}
+
+    async def get(self, data: Any) -> Any:
+        scope, key = _address("state::get", data)
+        return (await self._store("GET_ERROR", self.store.get(scope, key)))[1]
+
+    async def delete(self, data: Any) -> Any:
+        scope, key = _address("state::delete", data)
+        _, old = await self._store("DELETE_ERROR", self.store.delete(scope, key))
+        self._fire(scope, key, "state:deleted", old, None)
+        return old
+
+    async def update(self, data: Any) -> Any:
+        scope, key = _address("state::update", data)
+        ops = data.get("ops")
+        problem = validate_ops(ops)
+        if problem is not None:
+            raise _bad("state::update", problem)
+        outcome: dict[str, Any] = {}
+
+        def compute(exists: bool, current: Any) -> tuple[Any, bool]:
+            new, errors, applied = apply_ops(current, ops)
+            outcome["errors"] = errors
+            if applied == 0:
+                return current, False
+            self._check_size(new)
+            return new, True
+
+        existed, old, new, written = await self._store(
+            "UPDATE_ERROR", self.store.update(scope, key, compute))
+        result: dict[str, Any] = {"old_value": old, "new_value": new if written else old}
+        if outcome.get("errors"):
+            result["errors"] = outcome["errors"]
+        if written:
+            self._fire(scope, key, "state:updated" if existed else "state:created", old, new)
+        return result
+
+    async def list(self, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("scope"), str):
+            raise _bad("state::list", "missing or non-string field `scope`")
+        return await self._store("LIST_ERROR", self.store.list(data["scope"]))
+
+    async def list_groups(self, data: Any) -> Any:
+        return {"groups": await self._store("LIST_GROUPS_ERROR", self.store.list_groups())}
+
+    async def _store(self, code: str, operation: Any) -> Any:
+        try:
+            return await operation
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(code, f"storage failed: {exc}") from exc
+
+    # -- triggers ---------------------------------------------------------------------------
+
+    def _fire(self, scope: str, key: str, event: str, old: Any, new: Any) -> None:
+        if not self.settings.triggers_enabled:
+            return
+        bindings = self.triggers.matching(scope, key)
+        if not bindings:
+            return
+        payload = {"type": "state", "event_type": event, "scope": scope, "key": key,
+                   "old_value": old, "new_value": new}
+        task = asyncio.ensure_future(self._dispatch(bindings, payload))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _dispatch(self, bindings: list[TriggerConfig[Any]], payload: dict[str, Any]) -> None:
+        for binding in bindings:
+            if binding.id not in self.triggers.bindings:
+                continue  # unregistered meanwhile: no new deliveries
+            namespace = binding.namespace or "default"
+            try:
+                condition = (binding.config or {}).get("condition_function_id")
+                if not await passes(self.iii, condition, payload, namespace, binding.metadata):
+                    continue
+                request: dict[str, Any] = {"function_id": binding.function_id,
+                                           "payload": payload, "namespace": namespace}
+                if binding.metadata is not None:
+                    request["metadata"] = binding.metadata
+                await self.iii.trigger_async(request)
+            except ConditionFailed as exc:
+                log.warning("state trigger %s skipped: %s", binding.id, exc)
+            except Exception as exc:
+                log.info("state trigger handler %s failed: %s", binding.function_id, exc)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        new = parse_settings(config, self.ctx.ephemeral)
+        if new.adapter != self.settings.adapter:
+            store = open_kv(new.adapter.name, new.adapter.config, self.ctx.project_dir,
+                            "data/state.db")
+            old, self.store = self.store, store
+            await old.close()
+        self.settings = new
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await self.iii.shutdown_async()
+        await self.store.close()
+
+
+def _guard(function_id: str, handler: Any) -> Any:
+    """Turn StateError into the error body the caller sees ({code, message})."""
+    from ...sdk.errors import InvocationError
+
+    async def run(data: Any) -> Any:
+        try:
+            return await handler(data)
+        except StateError as exc:
+            raise InvocationError(exc.code, exc.message, function_id) from None
+
+    return run
+
+
+async def start(ctx: WorkerContext) -> StateWorker:
+    config = parse_settings(ctx.config, ctx.ephemeral)
+    store = open_kv(config.adapter.name, config.adapter.config, ctx.project_dir, "data/state.db")
+    iii = register_worker(ctx.url, ctx.sdk_options())
+    worker = StateWorker(iii, store, config, ctx)
+    worker.register()
+    await iii.wait_connected(10)
+    return worker
