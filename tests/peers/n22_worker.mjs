@@ -3,7 +3,8 @@
 //
 // Usage: node n22_worker.mjs '<spec json>'   (or the spec in env PEER_SPEC)
 // Engine URL: env III_URL (default ws://127.0.0.1:49134), or spec "url".
-// Same spec, stdout protocol and stdin commands as s25_worker.py, except: N22 has no namespace
+// Same spec, behaviours (including http_reply), stdout protocol and stdin commands as
+// s25_worker.py, except: N22 has no namespace
 // (a "namespace" key in the spec is an error, so a test cannot silently test the wrong thing),
 // and `call` cannot name a target namespace.
 //
@@ -83,7 +84,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 function makeHandler(functionId, behaviour, fnSpec) {
   return async (data, metadata) => {
     const ev = { event: 'invoke', function_id: functionId }
-    if (behaviour !== 'read_channel') ev.data = small(data)
+    if (behaviour !== 'read_channel') ev.data = fnSpec.record_full ? data : small(data)
     if (metadata !== undefined && metadata !== null) ev.metadata = small(metadata)
     emit(ev)
     const d = data !== null && typeof data === 'object' ? data : {}
@@ -115,6 +116,20 @@ function makeHandler(functionId, behaviour, fnSpec) {
         return undefined
       case 'meta':
         return { data, metadata: metadata ?? null }
+      case 'http_reply':
+        // an iii-http handler: {status_code, headers} from the spec, the body echoes the request
+        return {
+          status_code: fnSpec.status_code ?? 200,
+          headers: fnSpec.headers ?? {},
+          body: {
+            sdk: 'n22',
+            method: d.method ?? null,
+            path: d.path ?? null,
+            path_params: d.path_params ?? null,
+            query_params: d.query_params ?? null,
+            body: d.body ?? null,
+          },
+        }
       case 'caller':
         return { caller: null }
       case 'log':

@@ -10,13 +10,16 @@ Spec keys (all optional):
   description    worker description
   otel           true to keep telemetry on (default: OTEL_ENABLED=false)
   barrier        false to skip the round-trip call made before READY (default true)
-  functions      [{"id": "math::add", "behaviour": "add", "description"?, "metadata"?}]
+  functions      [{"id": "math::add", "behaviour": "add", "description"?, "metadata"?,
+                   "record_full"?: true (invoke events carry the whole data, never a size marker),
+                   "observe"?: true (registered with observe=ObserveHooks(...))}]
   trigger_types  [{"id": "webhook", "description"?, "fail"?: "message to raise on register"}]
   triggers       [{"type", "function_id", "config"?, "metadata"?, "namespace"?, "trigger_namespace"?}]
   log            ["message", ...] logged with the SDK Logger (info) right after READY
 
 Behaviours: echo, add, boom, slow, call, size, big, none, meta, read_channel, send_channel,
-log, caller (see handlers below).
+log, caller, http_reply (an iii-http handler: returns {status_code, headers} from the function
+spec and a body echoing sdk, method, path, path_params, query_params and body of the request).
 
 stdout protocol (one line each, flushed):
   READY {"worker_id", "sdk", "triggers": [{"id","type","function_id"}], "barrier"}
@@ -31,7 +34,8 @@ stdout protocol (one line each, flushed):
 stdin commands (one JSON per line): {"op": "call", "function_id", "payload", "namespace"?,
   "timeout_ms"?, "seq"?}, {"op": "unregister_trigger", "index"|"id"}, {"op":
   "unregister_trigger_type", "id"}, {"op": "unregister_function", "id"}, {"op": "log",
-  "message", "level"?}, {"op": "exit"}.
+  "message", "level"?}, {"op": "observe", "function_id", "target", "timeout"?} (-> {"id",
+  "state", "reason"}), {"op": "state"}, {"op": "exit"}.
 SIGTERM / SIGINT: shut the SDK down and exit 0.
 """
 
@@ -139,7 +143,7 @@ def make_handler(function_id: str, behaviour: str, fn_spec: dict[str, Any]):
     async def record(data: Any, metadata: Any) -> None:
         ev: dict[str, Any] = {"event": "invoke", "function_id": function_id}
         if behaviour not in ("read_channel",):
-            ev["data"] = small(data)
+            ev["data"] = data if fn_spec.get("record_full") else small(data)
         if metadata is not None:
             ev["metadata"] = small(metadata)
         caller = _caller_info()
@@ -175,6 +179,13 @@ def make_handler(function_id: str, behaviour: str, fn_spec: dict[str, Any]):
             return None
         if behaviour == "meta":
             return {"data": data, "metadata": metadata}
+        if behaviour == "http_reply":
+            # an iii-http handler: {status_code, headers, body} from the spec, echoing the request
+            return {"status_code": fn_spec.get("status_code", 200),
+                    "headers": fn_spec.get("headers", {}),
+                    "body": {"sdk": "s25", "method": d.get("method"), "path": d.get("path"),
+                             "path_params": d.get("path_params"),
+                             "query_params": d.get("query_params"), "body": d.get("body")}}
         if behaviour == "caller":
             return {"caller": _caller_info()}
         if behaviour == "log":
@@ -314,6 +325,12 @@ def main() -> int:
             kwargs["description"] = fn["description"]
         if fn.get("metadata") is not None:
             kwargs["metadata"] = fn["metadata"]
+        if fn.get("observe"):
+            from iii import ObserveHooks
+
+            kwargs["observe"] = ObserveHooks(
+                on_observer_added=lambda obs, fid=fn["id"]: emit(
+                    {"event": "observer_added", "function_id": fid, "observer": repr(obs)}))
         fn_refs[fn["id"]] = worker.register_function(
             fn["id"], make_handler(fn["id"], behaviour, fn), **kwargs
         )
@@ -397,6 +414,19 @@ def main() -> int:
                         level = cmd.get("level", "info")
                         getattr(Logger(), level)(cmd.get("message", ""))
                         out["result"] = True
+                    elif op == "observe":
+                        # {"function_id", "target", "timeout"?}: create an observer, wait until
+                        # it settles; result {"state", "reason"} (reason: {"code","message"}).
+                        from iii import ObserveRejection
+
+                        handle = worker.observe({"function_id": cmd["function_id"]}, cmd["target"])
+                        try:
+                            handle.ready(float(cmd.get("timeout", 5)))
+                        except (ObserveRejection, TimeoutError):
+                            pass
+                        reason = handle.reason
+                        out["result"] = {"id": handle.id, "state": handle.state,
+                                         "reason": dict(reason) if reason else None}
                     elif op == "state":
                         out["result"] = worker.get_connection_state()
                     elif op == "exit":
