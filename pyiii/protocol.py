@@ -9,6 +9,7 @@ name, error code, close code and size limit used by the engine or the SDK lives 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -169,14 +170,27 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+class IdSequence:
+    """Fast unique ids in UUIDv4 form for one process's calls: a random 80-bit prefix (version
+    and variant bits set) plus a counter. ``uuid4()`` costs a system call per id; invocation ids
+    only need to be unique, and the engine reuses UUID-shaped ids as leg ids (§4.3)."""
+
+    def __init__(self) -> None:
+        head = uuid.uuid4().hex
+        self._prefix = f"{head[:8]}-{head[8:12]}-4{head[13:16]}-{'89ab'[int(head[16], 16) % 4]}{head[17:20]}-"
+        self._tail = int(head[20:32], 16)
+
+    def __call__(self) -> str:
+        self._tail = (self._tail + 1) & 0xFFFFFFFFFFFF
+        return f"{self._prefix}{self._tail:012x}"
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def is_uuid(value: str) -> bool:
     """A canonical lower-case 8-4-4-4-12 UUID string."""
-    if len(value) != 36:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
+    return len(value) == 36 and _UUID.fullmatch(value) is not None
 
 
 # -- field access --------------------------------------------------------------------------

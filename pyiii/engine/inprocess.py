@@ -1,15 +1,15 @@
 """The in-process transport: a worker in the engine's event loop, no sockets, no JSON.
 
-Frames are the same dict objects on both sides. Worker → engine is a direct call into the
-core (so ordering is exactly the call order); engine → worker goes through an asyncio queue
-that the SDK's receive loop drains. Payload objects are shared, not copied: a handler that
+Frames are the same dict objects on both sides, and both directions are direct calls: worker →
+engine calls the core (so ordering is exactly the call order); engine → worker calls the SDK's
+dispatch function once the SDK runs the link (before that, frames wait in a queue: the greeting). Payload objects are shared, not copied: a handler that
 mutates its input mutates the caller's object, as documented for in-process workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol import TransportClosed
 from .connection import Connection
@@ -28,13 +28,21 @@ class InProcessConnection(Connection):
         self.engine = engine
         self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.recipient_limit = 1 << 62  # no wire, no size limit (§1.7)
+        self.deliver: Callable[[dict[str, Any]], None] | None = None
+        self.ended = asyncio.Event()
 
     def send(self, frame: dict[str, Any]) -> None:
-        if not self.closing or frame.get("type") == "registrationrejected":
+        if self.closing and frame.get("type") != "registrationrejected":
+            return
+        if self.deliver is not None:
+            self.deliver(frame)
+        else:
             self.inbox.put_nowait(frame)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
+        self.deliver = None
         self.inbox.put_nowait(_CLOSED)
+        self.ended.set()
 
 
 class LocalTransport:
@@ -58,7 +66,23 @@ class LocalTransport:
             raise TransportClosed(None, "in-process connection closed by the engine")
         return frame
 
+    async def run(self, dispatch: Callable[[dict[str, Any]], None]) -> None:
+        """Deliver every later frame by calling ``dispatch`` directly, until the link ends."""
+        conn = self._conn
+        while not conn.inbox.empty():
+            frame = conn.inbox.get_nowait()
+            if frame is _CLOSED:
+                self._closed = True
+                raise TransportClosed(None, "in-process connection closed by the engine")
+            dispatch(frame)
+        conn.deliver = dispatch
+        await conn.ended.wait()
+        self._closed = True
+        raise TransportClosed(None, "in-process connection closed")
+
     async def close(self) -> None:
+        self._conn.deliver = None
+        self._conn.ended.set()
         if not self._closed:
             self._closed = True
             self._engine.disconnect(self._conn)

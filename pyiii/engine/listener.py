@@ -1,8 +1,8 @@
 """The WebSocket listener (spec §1): routes, limits, liveness, and the WebSocket connection.
 
-Built on ``websockets``' asyncio server. Outbound frames are written synchronously through the
-library's sans-I/O protocol object, so a send on the invocation path never waits and never
-creates a task; unsent data is bounded instead (§1.4, 256 MiB, then close 1011).
+Built on ``websockets``' asyncio server with the fast message path of :mod:`pyiii.wswire`:
+control messages are handled inside ``data_received`` and replies written without awaiting, so
+forwarding a call creates no task; unsent data is bounded instead (§1.4, 256 MiB, then 1011).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .. import protocol
 from ..protocol import Close
 from .connection import Connection, FrameTooLarge
+from ..wswire import DirectServerConnection, write_text
 from .telemetry import handle_telemetry
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class ListenerConfig:
 class WsConnection(Connection):
     transport = "websocket"
 
-    def __init__(self, ws: ServerConnection, ip_address: str | None) -> None:
+    def __init__(self, ws: DirectServerConnection, ip_address: str | None) -> None:
         super().__init__(ip_address)
         self.ws = ws
 
@@ -53,46 +53,12 @@ class WsConnection(Connection):
         data = protocol.encode(frame)
         if len(data) > self.recipient_limit:
             raise FrameTooLarge(len(data), self.recipient_limit)
-        write_frame(self.ws, data, self)
+        write_text(self.ws, data)
 
     def close(self, code: int = Close.NORMAL, reason: str = "") -> None:
         ws = self.ws
         if ws.protocol.state is State.OPEN:
             asyncio.ensure_future(ws.close(code, reason))
-
-
-def write_frame(ws: ServerConnection, data: bytes, conn: Connection | None = None) -> None:
-    """Write one text message now; fragment it above 16 MiB on UTF-8 boundaries."""
-    proto = ws.protocol
-    if proto.state is not State.OPEN:
-        return
-    if len(data) <= protocol.SINGLE_FRAME_MAX:
-        proto.send_text(data)
-    else:
-        first = True
-        view = memoryview(data)
-        start = 0
-        while start < len(data):
-            end = min(start + protocol.OUTBOUND_FRAGMENT, len(data))
-            while end < len(data) and (data[end] & 0xC0) == 0x80:
-                end -= 1  # never split a UTF-8 sequence
-            chunk = bytes(view[start:end])
-            fin = end >= len(data)
-            if first:
-                proto.send_text(chunk, fin=fin)
-                first = False
-            else:
-                proto.send_continuation(chunk, fin=fin)
-            start = end
-    ws.send_data()
-    transport = ws.transport
-    # get_write_buffer_size is O(1); checked on every send so a stuck peer is cut off early
-    if transport is not None and transport.get_write_buffer_size() > protocol.OUTBOUND_BACKLOG_LIMIT:
-        log.warning("closing %s: over %d bytes unsent (the peer stopped reading)",
-                    conn.label() if conn else "socket", protocol.OUTBOUND_BACKLOG_LIMIT)
-        # a polite close would queue behind the backlog it is meant to stop
-        proto.fail(Close.INTERNAL, "outbound backlog")
-        transport.abort()
 
 
 def _reject(status: http.HTTPStatus, text: str) -> Response:
@@ -120,6 +86,7 @@ class Listener:
         self.server = await serve(
             self._handler, cfg.host, cfg.port,
             process_request=self._route,
+            create_connection=DirectServerConnection,
             compression=None,
             max_size=protocol.MAX_INBOUND_MESSAGE,
             max_queue=64,
@@ -158,6 +125,7 @@ class Listener:
         parts = urlsplit(request.path)
         path = parts.path
         if path in ("/", "/otel"):
+            ws.direct = True  # type: ignore[attr-defined]
             return None
         if path.startswith("/ws/channels/"):
             channel_id = path[len("/ws/channels/"):]
@@ -188,39 +156,42 @@ class Listener:
                 return
             await self.engine.channels.serve(ws, channel, direction)
 
-    async def _control(self, ws: ServerConnection) -> None:
+    async def _control(self, ws: DirectServerConnection) -> None:
         peer = ws.remote_address
         conn = WsConnection(ws, peer[0] if peer else None)
         engine = self.engine
         engine.accept(conn)
         handle = engine.handle
+        decode = protocol.decode
+        prefixes = protocol.TELEMETRY_PREFIXES
+
+        def on_message(payload: bytes, text: bool) -> None:
+            if not text and payload[:4] in prefixes:
+                return handle_telemetry(payload)
+            try:
+                frame = decode(payload)
+            except ValueError as exc:
+                log.warning("dropped frame from %s: %s", conn.label(), exc)
+                return
+            if frame is None:
+                return
+            try:
+                handle(conn, frame)
+            except FrameTooLarge as exc:
+                log.warning("reply to %s not sent: %s", conn.label(), exc)
+            except Exception:  # a bug must not take the connection down
+                log.exception("error handling %s frame from %s", frame.get("type"), conn.label())
+
         try:
-            async for message in ws:
-                if isinstance(message, bytes) and message[:4] in protocol.TELEMETRY_PREFIXES:
-                    handle_telemetry(message)
-                    continue
-                try:
-                    frame = protocol.decode(message)
-                except ValueError as exc:
-                    log.warning("dropped frame from %s: %s", conn.label(), exc)
-                    continue
-                if frame is not None:
-                    try:
-                        handle(conn, frame)
-                    except FrameTooLarge as exc:
-                        log.warning("reply to %s not sent: %s", conn.label(), exc)
-                    except Exception:  # a bug must not take the connection down
-                        log.exception("error handling %s frame from %s", frame.get("type"),
-                                      conn.label())
-        except ConnectionClosed:
-            pass
+            ws.start_delivery(on_message)
+            await ws.wait_closed()
         finally:
             engine.disconnect(conn)
 
-    async def _telemetry(self, ws: ServerConnection) -> None:
-        try:
-            async for message in ws:
-                if isinstance(message, bytes) and message[:4] in protocol.TELEMETRY_PREFIXES:
-                    handle_telemetry(message)
-        except ConnectionClosed:
-            pass
+    async def _telemetry(self, ws: DirectServerConnection) -> None:
+        def on_message(payload: bytes, text: bool) -> None:
+            if not text and payload[:4] in protocol.TELEMETRY_PREFIXES:
+                handle_telemetry(payload)
+
+        ws.start_delivery(on_message)
+        await ws.wait_closed()

@@ -19,7 +19,7 @@ import threading
 import warnings
 from typing import Any, Callable
 
-from pyiii.protocol import DEFAULT_NAMESPACE, Frame, new_id
+from pyiii.protocol import DEFAULT_NAMESPACE, Frame, IdSequence, new_id
 
 from .channels import Channel, ChannelReader, ChannelWriter, StreamChannelRef, resolve_channel_refs
 from .connection import ConnectionCore, _Function, _Pending, _TriggerType
@@ -59,6 +59,7 @@ class III(ConnectionCore):
         self._name = worker_name(options.worker_name)
         self._headers = resolve_headers(options.headers)
         self._timeout_ms = options.invocation_timeout_ms
+        self._next_call_id = IdSequence()
         register_call = {
             "type": Frame.INVOKE_FUNCTION,
             "function_id": "engine::workers::register",
@@ -370,7 +371,7 @@ class III(ConnectionCore):
                 await self._send(frame)
                 return None
         timeout_ms = get("timeout_ms") or self._timeout_ms
-        inv_id = new_id()
+        inv_id = self._next_call_id()
         frame["invocation_id"] = inv_id
         loop = self._loop
         future = loop.create_future()

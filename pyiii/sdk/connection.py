@@ -231,7 +231,12 @@ class ConnectionCore:
         self._set_state("connected")
         self._connected_async.set()
         self._settled_sync.set()
-        recv, dispatch = transport.recv, self._dispatch
+        dispatch = self._dispatch
+        run = getattr(transport, "run", None)
+        if run is not None:  # the transport calls us per frame: no task switch per message
+            await run(lambda frame: dispatch(frame, transport))
+            return
+        recv = transport.recv
         while True:
             dispatch(await recv(), transport)
 
