@@ -362,6 +362,10 @@ class III(ConnectionCore):
         metadata = get("metadata")
         if metadata is not None:
             frame["metadata"] = metadata
+        for key in ("traceparent", "baggage"):  # W3C trace context, relayed by the engine
+            value = get(key)
+            if value is not None:
+                frame[key] = value
         if namespace is not None:
             frame["namespace"] = namespace
         action = action_to_wire(get("action"))

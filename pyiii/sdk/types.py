@@ -132,7 +132,8 @@ class TriggerAction:
 class TriggerRequest:
     """One ``trigger`` call. ``namespace`` absent means this worker's namespace (``default``
     for ``engine::*`` ids); ``timeout_ms`` absent means ``InitOptions.invocation_timeout_ms``.
-    ``dispatch`` is accepted for compatibility: pyiii always goes through the engine."""
+    ``dispatch`` is accepted for compatibility: pyiii always goes through the engine.
+    ``traceparent`` / ``baggage`` (pyiii addition) carry W3C trace context with the call."""
 
     function_id: str
     payload: Any = None
@@ -141,6 +142,8 @@ class TriggerRequest:
     metadata: Any = None
     namespace: str | None = None
     dispatch: str | None = None
+    traceparent: str | None = None
+    baggage: str | None = None
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""Per-tick locks of the cron worker (spec/workers.md §5.3).
+
+A claim is a lock on (job key, tick) that is never released early: it expires at
+tick time + ``lock_ttl_ms``. Whoever inserts the lock first runs the tick; everyone else skips.
+
+- ``memory``: a dict in this process (one engine).
+- ``sqlite``: table ``cron_locks(key primary key, owner, expires_at)`` in a WAL-mode file shared
+  by the engines of one host; a claim deletes expired rows and inserts with ``INSERT OR IGNORE``
+  inside one ``BEGIN IMMEDIATE`` transaction, so the insert decides.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class LockStore(Protocol):
+    async def claim(self, job_key: str, tick: int, owner: str, expires_at_ms: int) -> bool:
+        """Take the lock of (job_key, tick) unless someone holds it; True if this caller got it."""
+
+    async def close(self) -> None: ...
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MemoryLocks:
+    PRUNE_EVERY_MS = 1000
+
+    def __init__(self) -> None:
+        self.locks: dict[str, tuple[str, int]] = {}
+        self._pruned_at = 0
+
+    async def claim(self, job_key: str, tick: int, owner: str, expires_at_ms: int) -> bool:
+        now = _now_ms()
+        if now - self._pruned_at >= self.PRUNE_EVERY_MS:
+            self._pruned_at = now
+            for key in [k for k, (_, expiry) in self.locks.items() if expiry <= now]:
+                del self.locks[key]
+        key = f"{job_key}:{tick}"
+        held = self.locks.get(key)
+        if held is not None and held[1] > now:
+            return False
+        self.locks[key] = (owner, expires_at_ms)
+        return True
+
+    async def close(self) -> None:
+        self.locks.clear()
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cron_locks ("
+    " key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS cron_locks_expiry ON cron_locks (expires_at)",
+)
+
+
+class SqliteLocks:
+    """Statements run on the event-loop thread, as in the state worker's SQLite store: a claim is
+    one short transaction per tick and job."""
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        for statement in _SCHEMA:
+            self.db.execute(statement)
+
+    async def claim(self, job_key: str, tick: int, owner: str, expires_at_ms: int) -> bool:
+        key = f"{job_key}:{tick}"
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM cron_locks WHERE expires_at <= ?", (_now_ms(),))
+            inserted = self.db.execute(
+                "INSERT OR IGNORE INTO cron_locks (key, owner, expires_at) VALUES (?, ?, ?)",
+                (key, owner, expires_at_ms)).rowcount
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return inserted == 1
+
+    async def close(self) -> None:
+        self.db.close()
+
+
+def open_locks(adapter: str, config: dict[str, Any], project_dir: Path) -> LockStore:
+    if adapter == "memory":
+        return MemoryLocks()
+    if adapter == "sqlite":
+        path = Path(config.get("file_path") or "data/cron.db")
+        if not path.is_absolute():
+            path = project_dir / path
+        return SqliteLocks(path, synchronous=config.get("synchronous", "normal"))
+    raise ValueError(f"adapter '{adapter}' is not available")

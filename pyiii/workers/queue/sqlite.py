@@ -1,0 +1,248 @@
+"""The `sqlite` queue adapter: jobs, delays, leases, DLQ and destinations in one WAL file.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction committed before the step returns,
+so an acknowledged enqueue survives a crash, and claiming a job and recording its lease are
+atomic even when several engines share the file. Statements run on the event loop thread
+(tens of microseconds each), like the state worker's store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from .storage import LEASE_LOST, Claim, Destination, DlqEntry, Job, backoff_delay_ms
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    grp TEXT,
+    process_at REAL NOT NULL DEFAULT 0,
+    attempts_made INTEGER NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    lease_until REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (queue, grp, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (queue, lease_until);
+CREATE TABLE IF NOT EXISTS dlq (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    error TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dlq_by_topic ON dlq (topic, seq);
+CREATE TABLE IF NOT EXISTS destinations (
+    name TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    function_id TEXT NOT NULL,
+    namespace TEXT,
+    last_seen REAL NOT NULL
+);
+"""
+
+_COLUMNS = "id, process_at, attempts_made, lease_token, record"
+
+
+def _job(row: Any) -> Job:
+    job = Job.from_record(orjson.loads(row[4]))
+    job.process_at, job.attempts_made, job.lease_token = row[1], row[2], row[3]
+    return job
+
+
+def _dumps(job: Job) -> str:
+    return orjson.dumps(job.record()).decode()
+
+
+class SqliteQueueStore:
+    shared = True  # another engine may use the same file: consumers also poll
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=5.0,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db.executescript(_SCHEMA)
+
+    def _atomic(self, body: Callable[[], Any]) -> Any:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return result
+
+    def _insert(self, job: Job) -> bool:
+        if self.db.execute("SELECT 1 FROM dlq WHERE id=?", (job.id,)).fetchone():
+            return False
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO jobs (id, queue, topic, grp, process_at, attempts_made, record)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.queue, job.topic, job.group, job.process_at, job.attempts_made,
+             _dumps(job)))
+        return cur.rowcount == 1
+
+    async def push(self, job: Job) -> bool:
+        return self._atomic(lambda: self._insert(job))
+
+    def _fail(self, job_id: str, token: str | None, error: str, backoff_ms: int | None,
+              now: float) -> str:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=? AND lease_token=?",
+                              (job_id, token)).fetchone()
+        if row is None:
+            return "lost"
+        job = _job(row)
+        job.attempts_made += 1
+        if job.attempts_made >= job.max_attempts:
+            self._to_dlq(job, error, now)
+            return "dlq"
+        delay = backoff_delay_ms(job.backoff_ms if backoff_ms is None else backoff_ms,
+                                 job.attempts_made)
+        self.db.execute("UPDATE jobs SET attempts_made=?, process_at=?, lease_token=NULL, "
+                        "lease_until=NULL WHERE id=?",
+                        (job.attempts_made, now + delay / 1000, job_id))
+        return "retry"
+
+    def _to_dlq(self, job: Job, error: str, now: float) -> None:
+        job.lease_token = None
+        self.db.execute("DELETE FROM jobs WHERE id=?", (job.id,))
+        self.db.execute("INSERT OR REPLACE INTO dlq (id, topic, queue, error, failed_at, record) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (job.id, job.topic, job.queue, error, now, _dumps(job)))
+
+    async def claim(self, queue: str, limit: int, fifo: bool, lease_ms: int,
+                    token: str) -> Claim:
+        def body() -> Claim:
+            now = time.time()
+            expired = self.db.execute(
+                "SELECT id, lease_token FROM jobs WHERE queue=? AND lease_until < ?",
+                (queue, now)).fetchall()
+            for job_id, lease in expired:
+                self._fail(job_id, lease, LEASE_LOST, None, now)
+            if fifo:
+                rows = self.db.execute(
+                    f"SELECT j.{_COLUMNS.replace(', ', ', j.')} FROM jobs j JOIN "
+                    "(SELECT MIN(seq) AS s FROM jobs WHERE queue=? GROUP BY grp) h ON j.seq=h.s "
+                    "WHERE j.lease_token IS NULL AND j.process_at <= ? ORDER BY j.seq LIMIT ?",
+                    (queue, now, limit)).fetchall()
+            else:
+                rows = self.db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE queue=? AND lease_token IS NULL "
+                    "AND process_at <= ? ORDER BY seq LIMIT ?", (queue, now, limit)).fetchall()
+            jobs = []
+            until = now + lease_ms / 1000
+            for row in rows:
+                job = _job(row)
+                job.lease_token = f"{token}:{uuid.uuid4().hex}"
+                self.db.execute("UPDATE jobs SET lease_token=?, lease_until=? WHERE id=?",
+                                (job.lease_token, until, job.id))
+                jobs.append(job)
+            due = self.db.execute("SELECT MIN(process_at) FROM jobs WHERE queue=? AND "
+                                  "lease_token IS NULL AND process_at > ?", (queue, now)).fetchone()
+            return Claim(jobs, due[0] if due else None)
+        return self._atomic(body)
+
+    async def renew(self, queue: str, tokens: list[str], lease_ms: int) -> None:
+        until = time.time() + lease_ms / 1000
+
+        def body() -> None:
+            self.db.executemany("UPDATE jobs SET lease_until=? WHERE lease_token=?",
+                                [(until, t) for t in tokens])
+        self._atomic(body)
+
+    async def ack(self, job: Job) -> bool:
+        return self._atomic(lambda: self.db.execute(
+            "DELETE FROM jobs WHERE id=? AND lease_token=?", (job.id, job.lease_token)
+        ).rowcount == 1)
+
+    async def fail(self, job: Job, error: str, backoff_ms: int) -> str:
+        return self._atomic(lambda: self._fail(job.id, job.lease_token, error, backoff_ms,
+                                               time.time()))
+
+    async def release(self, job: Job) -> None:
+        self._atomic(lambda: self.db.execute(
+            "UPDATE jobs SET lease_token=NULL, lease_until=NULL WHERE id=? AND lease_token=?",
+            (job.id, job.lease_token)))
+
+    async def counts(self, queue: str) -> tuple[int, int]:
+        row = self.db.execute("SELECT COUNT(*), COUNT(lease_token) FROM jobs WHERE queue=?",
+                              (queue,)).fetchone()
+        return row[0] - row[1], row[1]
+
+    async def drain_to_dlq(self, queue: str, error: str) -> int:
+        def body() -> int:
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE queue=? ORDER BY seq",
+                                   (queue,)).fetchall()
+            now = time.time()
+            for row in rows:
+                self._to_dlq(_job(row), error, now)
+            return len(rows)
+        return self._atomic(body)
+
+    async def dlq_list(self, topic: str, offset: int, limit: int) -> list[DlqEntry]:
+        rows = self.db.execute("SELECT record, error, failed_at FROM dlq WHERE topic=? "
+                               "ORDER BY seq DESC LIMIT ? OFFSET ?",
+                               (topic, limit, offset)).fetchall()
+        return [DlqEntry(Job.from_record(orjson.loads(r[0])), r[1], r[2]) for r in rows]
+
+    async def dlq_count(self, topic: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM dlq WHERE topic=?", (topic,)).fetchone()[0]
+
+    async def dlq_topics(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT topic, COUNT(*) FROM dlq GROUP BY topic").fetchall())
+
+    async def redrive(self, topic: str, job_id: str | None) -> list[str]:
+        def body() -> list[str]:
+            if job_id is None:
+                rows = self.db.execute("SELECT id, record FROM dlq WHERE topic=? ORDER BY seq",
+                                       (topic,)).fetchall()
+            else:
+                rows = self.db.execute("SELECT id, record FROM dlq WHERE topic=? AND id=?",
+                                       (topic, job_id)).fetchall()
+            queues = []
+            for one, record in rows:
+                self.db.execute("DELETE FROM dlq WHERE id=?", (one,))
+                job = Job.from_record(orjson.loads(record))
+                job.attempts_made, job.process_at = 0, 0.0
+                self.db.execute("DELETE FROM jobs WHERE id=?", (one,))
+                self._insert(job)
+                queues.append(job.queue)
+            return queues
+        return self._atomic(body)
+
+    async def discard(self, topic: str, job_id: str) -> bool:
+        return self._atomic(lambda: self.db.execute(
+            "DELETE FROM dlq WHERE topic=? AND id=?", (topic, job_id)).rowcount == 1)
+
+    async def save_destination(self, dest: Destination) -> None:
+        self._atomic(lambda: self.db.execute(
+            "INSERT OR REPLACE INTO destinations (name, topic, function_id, namespace, last_seen)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (dest.name, dest.topic, dest.function_id, dest.namespace, dest.last_seen)))
+
+    async def forget_destination(self, name: str) -> None:
+        self._atomic(lambda: self.db.execute("DELETE FROM destinations WHERE name=?", (name,)))
+
+    async def destinations(self) -> list[Destination]:
+        rows = self.db.execute("SELECT name, topic, function_id, namespace, last_seen "
+                               "FROM destinations").fetchall()
+        return [Destination(*row) for row in rows]
+
+    async def close(self) -> None:
+        self.db.close()
