@@ -33,12 +33,16 @@ Plain helpers (usable without fixtures; then *you* must call ``peer.close()``):
               otel=False, barrier=True, log=(), **extra) -> dict
     fn(function_id, behaviour, **extra) -> dict  # one entry of spec["functions"]
 
-``lang`` is "s25" / "python" / "py" or "n22" / "node" / "js".
+``lang`` is "s25" / "python" / "py", "n22" / "node" / "js", or "pyiii" (tests/workers/pyiii_worker.py,
+workers only: behaviours echo, add, slow, boom, none, size; extra commands gather and threads).
 Behaviours: echo, add ({"c": a+b}), boom (raises ValueError / Error "boom"), slow ({"ms"}),
 call ({"function_id", "payload", "namespace"?}), size ({"s"} -> {"len"}), big ({"n"} -> "xxx…"),
 none (returns None / undefined), meta ({"data","metadata"}), caller (S25: current_invocation().caller),
 log ({"message"} -> SDK Logger.info), read_channel ({"reader": ref} -> {"bytes","chunks","messages"}),
 send_channel ({"function_id","n","messages"} -> creates a channel and streams to that function).
+Per-function options: ``fn(..., record_full=True)`` (invoke events carry the whole data, no size
+marker); S25 only: ``fn(..., observe=True)`` (registered with ObserveHooks) and the stdin command
+``await peer.acommand("observe", function_id=..., target=...)`` -> {"id","state","reason"}.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ DEFAULT_READY_TIMEOUT = 15.0
 _LANGS = {
     "s25": "s25", "python": "s25", "py": "s25",
     "n22": "n22", "node": "n22", "js": "n22",
+    "pyiii": "pyiii",  # tests/workers/pyiii_worker.py (pyiii.sdk); workers only, no call script
 }
+WORKERS_DIR = PEERS_DIR.parent / "workers"
 
 # Env vars the SDKs read that would silently override a test's spec.
 _SCRUB_ENV = ("III_WORKER_NAME", "III_NAMESPACE", "III_ISOLATION", "III_TOKEN", "OTEL_ENABLED",
@@ -80,7 +86,7 @@ def _lang(lang: str) -> str:
     try:
         return _LANGS[lang.lower()]
     except KeyError:
-        raise ValueError(f"unknown peer language {lang!r}; use 's25' or 'n22'") from None
+        raise ValueError(f"unknown peer language {lang!r}; use 's25', 'n22' or 'pyiii'") from None
 
 
 def _check_node() -> str:
@@ -96,6 +102,10 @@ def _check_node() -> str:
 
 
 def _command(lang: str, script: str) -> list[str]:
+    if _lang(lang) == "pyiii":
+        if script != "worker":
+            raise ValueError("the pyiii peer has no call script: use a worker's call command")
+        return [sys.executable, str(WORKERS_DIR / "pyiii_worker.py")]
     if _lang(lang) == "s25":
         return [sys.executable, str(PEERS_DIR / f"s25_{script}.py")]
     return [_check_node(), str(PEERS_DIR / f"n22_{script}.mjs")]
