@@ -33,15 +33,17 @@ class ConfigWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        # stamp now, not when the task first runs: an edit saved right after start() (the
+        # engine logs `ready` before the task gets the loop) must count as a change
+        seen = [_stamp(p) for p in self.paths]
+        self._task = asyncio.get_running_loop().create_task(self._watch(seen))
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
-    async def _watch(self) -> None:
-        seen = [_stamp(p) for p in self.paths]
+    async def _watch(self, seen: list[tuple[int, int, int] | None]) -> None:
         changed_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:

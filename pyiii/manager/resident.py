@@ -7,6 +7,7 @@ present they are reported as failed with that reason instead of being silently i
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from dataclasses import dataclass
@@ -41,11 +42,16 @@ class WorkerSet:
         self.workers: dict[str, Declared] = {}
         self.config_error: str | None = None
         self._applied_once = False
+        self._applying = asyncio.Lock()  # a reload waits for the startup (or previous) apply
 
     def running_count(self) -> int:
         return sum(1 for d in self.workers.values() if d.running is not None)
 
     async def apply(self, project: ProjectConfig) -> None:
+        async with self._applying:
+            await self._apply(project)
+
+    async def _apply(self, project: ProjectConfig) -> None:
         self.project = project
         wanted = {e.name: e for e in project.workers if e.name not in ALWAYS_ON}
         removed = [n for n in self.workers if n not in wanted]

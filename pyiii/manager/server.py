@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from .. import __version__
@@ -65,7 +66,7 @@ class Server:
         try:
             self.project = self._load()
         except ConfigError as exc:
-            log.error("%s", exc)
+            sys.stderr.write(f"error: {exc}\n")  # the CLI's error format (cli.md §1.1)
             return 1
         for warning in self.project.warnings:
             log.warning("%s", warning)
@@ -85,6 +86,7 @@ class Server:
     async def _serve(self) -> int:
         project = self.project
         assert project is not None
+        self._install_signals()  # first: a signal during startup still shuts down cleanly
         grace = os.environ.get("III_NAMESPACE_GRACE_MS")
         settings = EngineSettings(http_security=_http_security(project))
         if grace and grace.isdigit():
@@ -115,13 +117,13 @@ class Server:
         log.info("iii %s listening on %s (config: %s)", __version__, url, where)
         self.workers = WorkerSet(engine, project, ephemeral=self.options.use_default_config,
                                  engine_url=url)
-        await self.workers.apply(project)
         if not self.options.use_default_config and not self.options.no_reload:
             assert project.config_path is not None
+            # watching starts before the workers do, so an edit saved meanwhile is applied
             self.watcher = ConfigWatcher(project.config_path, self._reload)
             self.watcher.start()
+        await self.workers.apply(project)
         log.info("ready (%d workers)", self.workers.running_count())
-        self._install_signals()
         await self.stop_requested.wait()
         return await self._shutdown()
 
