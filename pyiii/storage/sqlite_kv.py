@@ -7,13 +7,13 @@ even when several engines share the file.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .kv import Updater
+from .sqlite_db import atomic, open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -28,12 +28,8 @@ CREATE TABLE IF NOT EXISTS kv (
 
 class SqliteKV:
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=5.0,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db = open_db(path, synchronous)
         self.db.execute(_SCHEMA)
 
     def _read(self, scope: str, key: str) -> tuple[bool, Any]:
@@ -47,14 +43,7 @@ class SqliteKV:
             (scope, key, orjson.dumps(value).decode()))
 
     def _atomic(self, body: Any) -> Any:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        return result
+        return atomic(self.db, body)
 
     async def get(self, scope: str, key: str) -> tuple[bool, Any]:
         return self._read(scope, key)

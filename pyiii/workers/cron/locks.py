@@ -11,10 +11,11 @@ tick time + ``lock_ttl_ms``. Whoever inserts the lock first runs the tick; every
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from ...storage.sqlite_db import atomic, open_db
 
 
 class LockStore(Protocol):
@@ -64,27 +65,21 @@ class SqliteLocks:
     one short transaction per tick and job."""
 
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db = open_db(path, synchronous)
         for statement in _SCHEMA:
             self.db.execute(statement)
 
     async def claim(self, job_key: str, tick: int, owner: str, expires_at_ms: int) -> bool:
         key = f"{job_key}:{tick}"
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def body() -> int:
             self.db.execute("DELETE FROM cron_locks WHERE expires_at <= ?", (_now_ms(),))
-            inserted = self.db.execute(
+            return self.db.execute(
                 "INSERT OR IGNORE INTO cron_locks (key, owner, expires_at) VALUES (?, ?, ?)",
                 (key, owner, expires_at_ms)).rowcount
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        return inserted == 1
+
+        return atomic(self.db, body) == 1
 
     async def close(self) -> None:
         self.db.close()

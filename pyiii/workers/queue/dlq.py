@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...sdk import InvocationError
+from ..errors import bad_input, stored
 from .config import FN_QUEUE_PREFIX
 
 if TYPE_CHECKING:
@@ -35,9 +36,7 @@ def _count(data: Any, key: str, default: int, function_id: str) -> int:
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvocationError("deserialization_error", f"Failed to deserialize input for "
-                              f"{function_id}: field `{key}` must be a non-negative integer",
-                              function_id)
+        raise bad_input(function_id, f"field `{key}` must be a non-negative integer")
     return value
 
 
@@ -56,7 +55,7 @@ class Admin:
             ("engine::queue::dlq_topics", self.dlq_topics, "Queues and topics with their DLQ size"),
             ("engine::queue::dlq_messages", self.dlq_messages, "DLQ entries, newest first"),
         ):
-            iii.register_function(function_id, _guard(function_id, handler),
+            iii.register_function(function_id, handler,
                                   description=description)
 
     def _internal(self, name: str) -> list[str]:
@@ -72,21 +71,21 @@ class Admin:
     async def redrive(self, data: Any) -> Any:
         name = _name(data, ("queue", "topic"), "queue_not_set", "Queue is not set",
                      "iii::queue::redrive")
-        return {"queue": name, "redriven": await self._store("redrive_failed",
+        return {"queue": name, "redriven": await stored("redrive_failed",
                                                              self._redrive(name, None))}
 
     async def redrive_message(self, data: Any) -> Any:
         fid = "iii::queue::redrive_message"
         name = _name(data, ("queue", "topic"), "queue_not_set", "Queue is not set", fid)
         message_id = _message_id(data, fid)
-        n = await self._store("redrive_message_failed", self._redrive(name, message_id))
+        n = await stored("redrive_message_failed", self._redrive(name, message_id))
         return {"queue": name, "message_id": message_id, "redriven": n}
 
     async def discard_message(self, data: Any) -> Any:
         fid = "iii::queue::discard_message"
         name = _name(data, ("queue", "topic"), "queue_not_set", "Queue is not set", fid)
         message_id = _message_id(data, fid)
-        done = await self._store("discard_message_failed",
+        done = await stored("discard_message_failed",
                                  self.worker.store.discard(name, message_id))
         return {"queue": name, "message_id": message_id, "redriven": 1 if done else 0}
 
@@ -102,7 +101,7 @@ class Admin:
     async def topic_stats(self, data: Any) -> Any:
         name = _name(data, ("topic", "queue"), "topic_required", "Topic is required",
                      "engine::queue::topic_stats")
-        return await self._store("topic_stats_failed", self._stats(name))
+        return await stored("topic_stats_failed", self._stats(name))
 
     async def _stats(self, name: str) -> dict[str, Any]:
         depth = in_flight = consumers = 0
@@ -116,7 +115,7 @@ class Admin:
                 "config": cfg.public() if cfg is not None else None}
 
     async def dlq_topics(self, data: Any) -> Any:
-        counts = await self._store("dlq_topics_failed", self.worker.store.dlq_topics())
+        counts = await stored("dlq_topics_failed", self.worker.store.dlq_topics())
         out = []
         for name in sorted(self.worker.settings.queues):
             out.append({"topic": name, "broker_type": "function_queue",
@@ -130,26 +129,9 @@ class Admin:
         fid = "engine::queue::dlq_messages"
         name = _name(data, ("topic", "queue"), "topic_required", "Topic is required", fid)
         offset, limit = _count(data, "offset", 0, fid), _count(data, "limit", 50, fid)
-        entries = await self._store("dlq_messages_failed",
+        entries = await stored("dlq_messages_failed",
                                     self.worker.store.dlq_list(name, offset, limit))
         return [entry.public() for entry in entries]
 
-    async def _store(self, code: str, operation: Any) -> Any:
-        try:
-            return await operation
-        except InvocationError:
-            raise
-        except Exception as exc:
-            raise InvocationError(code, f"storage failed: {exc}") from exc
 
 
-def _guard(function_id: str, handler: Any) -> Any:
-    """Fill in the function id of errors raised without one."""
-
-    async def run(data: Any) -> Any:
-        try:
-            return await handler(data)
-        except InvocationError as exc:
-            raise InvocationError(exc.code, exc.message, function_id) from None
-
-    return run

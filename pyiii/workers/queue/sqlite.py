@@ -8,7 +8,6 @@ atomic even when several engines share the file. Statements run on the event loo
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Callable
 
 import orjson
 
+from ...storage.sqlite_db import atomic, open_db
 from .storage import LEASE_LOST, Claim, Destination, DlqEntry, Job, backoff_delay_ms
 
 _SCHEMA = """
@@ -70,23 +70,12 @@ class SqliteQueueStore:
     shared = True  # another engine may use the same file: consumers also poll
 
     def __init__(self, path: Path, synchronous: str = "normal") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=5.0,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db = open_db(path, synchronous)
         self.db.executescript(_SCHEMA)
 
     def _atomic(self, body: Callable[[], Any]) -> Any:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        return result
+        return atomic(self.db, body)
 
     def _insert(self, job: Job) -> bool:
         if self.db.execute("SELECT 1 FROM dlq WHERE id=?", (job.id,)).fetchone():

@@ -12,6 +12,7 @@ import orjson
 
 from ...sdk import III, InvocationError, register_worker
 from ..base import WorkerContext
+from ..errors import bad_input
 from ..conditions import passes
 from .config import FN_QUEUE_PREFIX, QueueConfig, QueueSettings, parse_settings
 from .consumer import STOP_GRACE_S, Consumer
@@ -26,15 +27,10 @@ PUBLISH = "iii::durable::publish"
 DELIVERY_TIMEOUT_MS = 600_000
 
 
-def _bad(function_id: str, detail: str) -> InvocationError:
-    return InvocationError("deserialization_error",
-                           f"Failed to deserialize input for {function_id}: {detail}", function_id)
-
-
 def _opt_str(data: dict[str, Any], key: str, function_id: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise _bad(function_id, f"field `{key}` must be a string or null")
+        raise bad_input(function_id, f"field `{key}` must be a string or null")
     return value
 
 
@@ -115,12 +111,12 @@ class QueueWorker:
 
     async def enqueue(self, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise _bad(ENQUEUE, "expected an object with `queue`, `function_id` and `data`")
+            raise bad_input(ENQUEUE, "expected an object with `queue`, `function_id` and `data`")
         queue, function_id = data.get("queue"), data.get("function_id")
         if not isinstance(queue, str):
-            raise _bad(ENQUEUE, "missing or non-string field `queue`")
+            raise bad_input(ENQUEUE, "missing or non-string field `queue`")
         if not isinstance(function_id, str) or not function_id:
-            raise _bad(ENQUEUE, "missing or non-string field `function_id`")
+            raise bad_input(ENQUEUE, "missing or non-string field `function_id`")
         receipt = _opt_str(data, "messageReceiptId", ENQUEUE)
         if receipt is None:
             receipt = str(uuid.uuid4())

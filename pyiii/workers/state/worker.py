@@ -9,24 +9,18 @@ from typing import Any
 
 import orjson
 
-from ...sdk import III, TriggerConfig, TriggerHandler, register_worker
+from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register_worker
 from ...storage.kv import KeyValueStore, open_kv
 from .. import settings
 from ..base import WorkerContext
 from ..conditions import ConditionFailed, passes
+from ..errors import bad_input, stored
 from ..update_ops import apply_ops, validate_ops
 
 log = logging.getLogger("pyiii.workers.state")
 
 ACCEPTED = ("adapter", "triggers_enabled", "max_value_bytes")
 IGNORED = ("save_interval_ms",)
-
-
-class StateError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -45,19 +39,14 @@ def parse_settings(config: dict[str, Any], ephemeral: bool) -> StateSettings:
     )
 
 
-def _bad(function_id: str, detail: str) -> StateError:
-    return StateError("deserialization_error",
-                      f"Failed to deserialize input for {function_id}: {detail}")
-
-
 def _address(function_id: str, data: Any) -> tuple[str, str]:
     if not isinstance(data, dict):
-        raise _bad(function_id, "expected an object with `scope` and `key`")
+        raise bad_input(function_id, "expected an object with `scope` and `key`")
     scope, key = data.get("scope"), data.get("key")
     if not isinstance(scope, str):
-        raise _bad(function_id, "missing or non-string field `scope`")
+        raise bad_input(function_id, "missing or non-string field `scope`")
     if not isinstance(key, str):
-        raise _bad(function_id, "missing or non-string field `key`")
+        raise bad_input(function_id, "missing or non-string field `key`")
     return scope, key
 
 
@@ -113,7 +102,7 @@ class StateWorker:
             ("state::list", self.list, "All values of a scope, in first-write order"),
             ("state::list_groups", self.list_groups, "All scopes that hold values"),
         ):
-            iii.register_function(name, _guard(name, handler), description=description)
+            iii.register_function(name, handler, description=description)
         iii.register_trigger_type({"id": "state", "description": "Fires when a state value changes"},
                                   self.triggers)
 
@@ -124,24 +113,24 @@ class StateWorker:
         if limit is not None:
             size = len(orjson.dumps(value))
             if size > limit:
-                raise StateError("VALUE_TOO_LARGE", f"value of {size} bytes exceeds the "
+                raise InvocationError("VALUE_TOO_LARGE", f"value of {size} bytes exceeds the "
                                                     f"configured max_value_bytes limit of {limit}")
 
     async def set(self, data: Any) -> Any:
         scope, key = _address("state::set", data)
         value = data["value"] if "value" in data else data.get("data")
         self._check_size(value)
-        existed, old = await self._store("SET_ERROR", self.store.set(scope, key, value))
+        existed, old = await stored("SET_ERROR", self.store.set(scope, key, value))
         self._fire(scope, key, "state:updated" if existed else "state:created", old, value)
         return {"old_value": old, "new_value": value}
 
     async def get(self, data: Any) -> Any:
         scope, key = _address("state::get", data)
-        return (await self._store("GET_ERROR", self.store.get(scope, key)))[1]
+        return (await stored("GET_ERROR", self.store.get(scope, key)))[1]
 
     async def delete(self, data: Any) -> Any:
         scope, key = _address("state::delete", data)
-        _, old = await self._store("DELETE_ERROR", self.store.delete(scope, key))
+        _, old = await stored("DELETE_ERROR", self.store.delete(scope, key))
         self._fire(scope, key, "state:deleted", old, None)
         return old
 
@@ -150,7 +139,7 @@ class StateWorker:
         ops = data.get("ops")
         problem = validate_ops(ops)
         if problem is not None:
-            raise _bad("state::update", problem)
+            raise bad_input("state::update", problem)
         outcome: dict[str, Any] = {}
 
         def compute(exists: bool, current: Any) -> tuple[Any, bool]:
@@ -161,7 +150,7 @@ class StateWorker:
             self._check_size(new)
             return new, True
 
-        existed, old, new, written = await self._store(
+        existed, old, new, written = await stored(
             "UPDATE_ERROR", self.store.update(scope, key, compute))
         result: dict[str, Any] = {"old_value": old, "new_value": new if written else old}
         if outcome.get("errors"):
@@ -172,19 +161,11 @@ class StateWorker:
 
     async def list(self, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("scope"), str):
-            raise _bad("state::list", "missing or non-string field `scope`")
-        return await self._store("LIST_ERROR", self.store.list(data["scope"]))
+            raise bad_input("state::list", "missing or non-string field `scope`")
+        return await stored("LIST_ERROR", self.store.list(data["scope"]))
 
     async def list_groups(self, data: Any) -> Any:
-        return {"groups": await self._store("LIST_GROUPS_ERROR", self.store.list_groups())}
-
-    async def _store(self, code: str, operation: Any) -> Any:
-        try:
-            return await operation
-        except StateError:
-            raise
-        except Exception as exc:
-            raise StateError(code, f"storage failed: {exc}") from exc
+        return {"groups": await stored("LIST_GROUPS_ERROR", self.store.list_groups())}
 
     # -- triggers ---------------------------------------------------------------------------
 
@@ -236,18 +217,6 @@ class StateWorker:
         await self.iii.shutdown_async()
         await self.store.close()
 
-
-def _guard(function_id: str, handler: Any) -> Any:
-    """Turn StateError into the error body the caller sees ({code, message})."""
-    from ...sdk.errors import InvocationError
-
-    async def run(data: Any) -> Any:
-        try:
-            return await handler(data)
-        except StateError as exc:
-            raise InvocationError(exc.code, exc.message, function_id) from None
-
-    return run
 
 
 async def start(ctx: WorkerContext) -> StateWorker:

@@ -5,19 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-class StreamError(Exception):
-    """A failure the caller sees as ``{code, message}``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def bad_input(function_id: str, detail: str) -> StreamError:
-    return StreamError("deserialization_error",
-                       f"Failed to deserialize input for {function_id}: {detail}")
+from ..errors import bad_input
 
 
 def fields(function_id: str, data: Any, names: tuple[str, ...]) -> list[str]:

@@ -7,9 +7,10 @@ from typing import Any
 
 from ...sdk import III, InvocationError, register_worker
 from ..base import WorkerContext
+from ..errors import bad_input, stored
 from ..update_ops import apply_ops, validate_ops
 from .config import StreamSettings, parse_settings
-from .messages import StreamError, bad_input, change, custom, fields, required
+from .messages import change, custom, fields, required
 from .sockets import SocketHub
 from .store import StreamStore
 from .triggers import Triggers
@@ -47,7 +48,7 @@ class StreamWorker:
             ("stream::list_all", self.list_all, "Every stream with its groups"),
             ("stream::send", self.send, "Push a custom event to a group's subscribers"),
         ):
-            self.iii.register_function(name, _guard(name, handler), description=description)
+            self.iii.register_function(name, handler, description=description)
         self.triggers.register()
 
     # -- functions --------------------------------------------------------------------------
@@ -57,7 +58,7 @@ class StreamWorker:
         value = required("stream::set", data, "data")
         result = await self._custom("set", stream, data, "STREAM_SET_ERROR")
         if result is _ABSENT:
-            existed, old = await _store("STREAM_SET_ERROR", self.store.set(stream, group, item,
+            existed, old = await stored("STREAM_SET_ERROR", self.store.set(stream, group, item,
                                                                            value))
             result, new = {"old_value": old, "new_value": value}, value
         else:
@@ -74,7 +75,7 @@ class StreamWorker:
         stream, group, item = fields("stream::delete", data, ITEM)
         result = await self._custom("delete", stream, data, "STREAM_DELETE_ERROR")
         if result is _ABSENT:
-            existed, old = await _store("STREAM_DELETE_ERROR",
+            existed, old = await stored("STREAM_DELETE_ERROR",
                                         self.store.delete(stream, group, item))
             result = {"old_value": old}
         else:
@@ -104,7 +105,7 @@ class StreamWorker:
             outcome["errors"] = errors
             return (new, True) if applied else (current, False)
 
-        existed, old, new, written = await _store(
+        existed, old, new, written = await stored(
             "STREAM_UPDATE_ERROR", self.store.update(stream, group, item, compute))
         answer: dict[str, Any] = {"old_value": old, "new_value": new if written else old}
         if outcome.get("errors"):
@@ -122,10 +123,10 @@ class StreamWorker:
         result = await self._custom("list_groups", stream, data, "STREAM_LIST_GROUPS_ERROR")
         if result is not _ABSENT:
             return result
-        return await _store("STREAM_LIST_GROUPS_ERROR", self.store.list_groups(stream))
+        return await stored("STREAM_LIST_GROUPS_ERROR", self.store.list_groups(stream))
 
     async def list_all(self, data: Any) -> Any:
-        groups = await _store("STREAM_LIST_ALL_ERROR", self.store.groups())
+        groups = await stored("STREAM_LIST_ALL_ERROR", self.store.groups())
         streams = [{"id": stream, "groups": names} for stream, names in groups.items()]
         return {"stream": streams, "count": len(streams)}
 
@@ -138,7 +139,7 @@ class StreamWorker:
         try:
             self._emit(custom(stream, group, item, kind, payload))
         except Exception as exc:  # e.g. data that cannot be encoded
-            raise StreamError("STREAM_SEND_ERROR", f"send failed: {exc}") from exc
+            raise InvocationError("STREAM_SEND_ERROR", f"send failed: {exc}") from exc
         return None
 
     # -- reads shared with the socket join --------------------------------------------------
@@ -148,14 +149,14 @@ class StreamWorker:
         result = await self._custom("get", stream, request, code)
         if result is not _ABSENT:
             return result
-        return (await _store(code, self.store.get(stream, group, item)))[1]
+        return (await stored(code, self.store.get(stream, group, item)))[1]
 
     async def _read_group(self, stream: str, group: str, code: str) -> Any:
         request = {"stream_name": stream, "group_id": group}
         result = await self._custom("list", stream, request, code)
         if result is not _ABSENT:
             return result
-        return await _store(code, self.store.list(stream, group))
+        return await stored(code, self.store.list(stream, group))
 
     async def sync_data(self, stream: str, group: str, item: str | None) -> Any:
         """What a join's ``sync`` carries: the item, or the group's item array."""
@@ -172,7 +173,7 @@ class StreamWorker:
         except InvocationError as exc:
             if exc.code == "function_not_found" and function_id in exc.message:
                 return _ABSENT
-            raise StreamError(code, f"{function_id} failed: {exc.code}: {exc.message}") from None
+            raise InvocationError(code, f"{function_id} failed: {exc.code}: {exc.message}") from None
 
     # -- events -----------------------------------------------------------------------------
 
@@ -215,25 +216,6 @@ def _field(result: Any, name: str, default: Any = None) -> Any:
     return result.get(name, default) if isinstance(result, dict) else default
 
 
-async def _store(code: str, operation: Any) -> Any:
-    try:
-        return await operation
-    except StreamError:
-        raise
-    except Exception as exc:
-        raise StreamError(code, f"storage failed: {exc}") from exc
-
-
-def _guard(function_id: str, handler: Any) -> Any:
-    """Turn StreamError into the error body the caller sees ({code, message})."""
-
-    async def run(data: Any) -> Any:
-        try:
-            return await handler(data)
-        except StreamError as exc:
-            raise InvocationError(exc.code, exc.message, function_id) from None
-
-    return run
 
 
 async def start(ctx: WorkerContext) -> StreamWorker:
