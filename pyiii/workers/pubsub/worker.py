@@ -6,10 +6,10 @@ import asyncio
 import logging
 from typing import Any
 
-from ...sdk import III, InvocationError, TriggerAction, TriggerConfig, TriggerHandler, register_worker
+from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register_worker
 from .. import settings
 from ..base import WorkerContext
-from ..conditions import ConditionFailed, passes
+from ..conditions import ConditionFailed, fire
 
 log = logging.getLogger("pyiii.workers.pubsub")
 
@@ -67,16 +67,8 @@ class PubSubWorker:
         return None
 
     async def _deliver(self, binding: TriggerConfig[Any], message: Any) -> None:
-        namespace = binding.namespace or "default"
         try:
-            condition = binding.config.get("condition_function_id")
-            if not await passes(self.iii, condition, message, namespace, binding.metadata):
-                return
-            request: dict[str, Any] = {"function_id": binding.function_id, "payload": message,
-                                       "namespace": namespace, "action": TriggerAction.Void()}
-            if binding.metadata is not None:
-                request["metadata"] = binding.metadata
-            await self.iii.trigger_async(request)
+            await fire(self.iii, binding, message, void=True)
         except ConditionFailed as exc:
             log.warning("subscriber %s skipped: %s", binding.function_id, exc)
         except Exception as exc:

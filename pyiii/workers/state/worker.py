@@ -13,7 +13,7 @@ from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register
 from ...storage.kv import KeyValueStore, open_kv
 from .. import settings
 from ..base import WorkerContext
-from ..conditions import ConditionFailed, passes
+from ..conditions import ConditionFailed, fire
 from ..errors import bad_input, stored
 from ..update_ops import apply_ops, validate_ops
 
@@ -185,16 +185,8 @@ class StateWorker:
         for binding in bindings:
             if binding.id not in self.triggers.bindings:
                 continue  # unregistered meanwhile: no new deliveries
-            namespace = binding.namespace or "default"
             try:
-                condition = (binding.config or {}).get("condition_function_id")
-                if not await passes(self.iii, condition, payload, namespace, binding.metadata):
-                    continue
-                request: dict[str, Any] = {"function_id": binding.function_id,
-                                           "payload": payload, "namespace": namespace}
-                if binding.metadata is not None:
-                    request["metadata"] = binding.metadata
-                await self.iii.trigger_async(request)
+                await fire(self.iii, binding, payload)
             except ConditionFailed as exc:
                 log.warning("state trigger %s skipped: %s", binding.id, exc)
             except Exception as exc:
