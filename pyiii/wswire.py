@@ -1,44 +1,51 @@
 """Fast message path on top of ``websockets``' asyncio connections, for engine and SDK alike.
 
-``websockets`` normally queues each received message and wakes the task awaiting ``recv()``;
-writes go through ``await send()``. For a hub that forwards every message at once, that costs a
-task switch per message and a system call per frame. Here:
+``websockets`` parses frames with generators, queues each message and wakes the task awaiting
+``recv()``; writes go through ``await send()``. For a hub that forwards every message at once,
+that costs more than the routing itself. Here, once a connection is open:
 
-- ``DirectDelivery`` hands each complete data message to a callback *inside* ``data_received``
-  (fragments reassembled; size limits, pings and closes still handled by the library);
-- ``write_text`` encodes a frame with the library's sans-I/O protocol object and writes it
-  without awaiting; frames produced while a ``data_received`` call runs are written with one
-  system call per connection when it returns.
+- complete, unfragmented data frames are parsed directly in ``data_received`` and handed to
+  ``on_message`` synchronously; pings are answered and pongs acknowledged the same way;
+- text messages are framed here and written without awaiting; frames produced while a
+  ``data_received`` call runs go out with one system call per connection when it returns.
 
-A connection over its unsent-bytes limit is failed with close code 1011 instead of blocking.
+Anything unusual (a close frame, a fragmented or compressed message, one over the size limit)
+hands the connection back to the library, which then handles the rest of it as usual: close
+handshakes, errors and limits keep the library's behaviour. A connection over its unsent-bytes
+limit is failed with close code 1011 instead of blocking.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
 from typing import Any, Callable
 
 import websockets.frames
-
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Side, State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - the C extension ships in the wheels we install
+    from websockets.utils import apply_mask
 
 from . import protocol
 
 log = logging.getLogger("pyiii.wswire")
 
 MessageHandler = Callable[[bytes, bool], None]  # (payload, is_text)
+_UNKNOWN, _FAST, _LIBRARY = 0, 1, 2
 
 
 class _BufferedEntropy:
     """Client frame masks from the OS's strong random source, read 4 KiB at a time.
 
-    websockets asks ``secrets.token_bytes(4)`` for every frame a client sends: one system call
-    per frame on the hot path. The masks stay unpredictable (RFC 6455 §5.3); only the reads are
-    batched.
+    A mask per frame is required (RFC 6455 §5.3) and must be unpredictable; reading it with one
+    system call per frame is not. websockets' own client frames use this too.
     """
 
     def __init__(self) -> None:
@@ -53,7 +60,8 @@ class _BufferedEntropy:
         return self._pool[start:self._at]
 
 
-websockets.frames.secrets = _BufferedEntropy()  # type: ignore[attr-defined]
+_entropy = _BufferedEntropy()
+websockets.frames.secrets = _entropy  # type: ignore[attr-defined]
 
 _dirty: list[Any] = []  # connections written to during the current data_received
 _batching = False
@@ -72,6 +80,9 @@ class DirectDelivery:
     _text = False
     _early: list[tuple[bytes, bool]] | None = None
     _flush_pending = False
+    _mode = _UNKNOWN
+    _rbuf: bytearray | None = None
+    _out: list[bytes] | None = None
 
     def start_delivery(self, handler: MessageHandler) -> None:
         early, self._early = self._early, None
@@ -79,8 +90,88 @@ class DirectDelivery:
         for payload, text in early or ():
             handler(payload, text)
 
+    # -- receiving ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        global _batching
+        nested = _batching
+        _batching = True
+        try:
+            if self._mode == _FAST or (self._mode == _UNKNOWN and self._may_go_fast()):
+                self._mode = _FAST
+                self._receive_fast(data)
+            else:
+                super().data_received(data)  # type: ignore[misc]
+        finally:
+            if not nested:
+                _batching = False
+                flush_all()
+
+    def _may_go_fast(self) -> bool:
+        # only at a frame boundary of the library's parser: nothing buffered, no fragments
+        proto = self.protocol  # type: ignore[attr-defined]
+        return (self.direct and proto.state is State.OPEN and not proto.reader.buffer
+                and self._parts is None)
+
+    def _receive_fast(self, data: bytes) -> None:
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            buf: bytes | bytearray = rbuf
+        else:
+            buf = data
+        proto = self.protocol  # type: ignore[attr-defined]
+        from_client = proto.side is Side.SERVER  # frames from a client are masked
+        max_size = proto.max_message_size
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, head = b1 & 0x7F, pos + 2
+            if length == 126:
+                if size - head < 2:
+                    break
+                length, head = int.from_bytes(buf[head:head + 2], "big"), head + 2
+            elif length == 127:
+                if size - head < 8:
+                    break
+                length, head = int.from_bytes(buf[head:head + 8], "big"), head + 8
+            opcode = b0 & 0x0F
+            if (b0 & 0xF0) != 0x80 or bool(b1 & 0x80) != from_client \
+                    or opcode not in (1, 2, 9, 10) or (max_size is not None and length > max_size):
+                return self._hand_back(bytes(buf[pos:]))  # close, fragments, errors, limits
+            if from_client:
+                if size - head < 4:
+                    break
+                mask, head = buf[head:head + 4], head + 4
+            end = head + length
+            if end > size:
+                break
+            payload = bytes(buf[head:end])
+            if from_client:
+                payload = apply_mask(payload, mask)
+            pos = end
+            if opcode <= 2:
+                self._deliver(payload, opcode == 1)
+            elif opcode == 9:
+                proto.send_pong(payload)
+                _mark_dirty(self)
+            else:
+                self.acknowledge_pings(payload)  # type: ignore[attr-defined]
+        if pos == size:
+            self._rbuf = None
+        elif rbuf:
+            del rbuf[:pos]
+        else:
+            self._rbuf = bytearray(buf[pos:])
+
+    def _hand_back(self, rest: bytes) -> None:
+        self._mode = _LIBRARY
+        self._rbuf = None
+        super().data_received(rest)  # type: ignore[misc]
+
     def process_event(self, event: Any) -> None:
-        if not self.direct or not isinstance(event, Frame):  # handshake events, slow path
+        """Library path: used before the fast path starts and after it hands back."""
+        if not self.direct or not isinstance(event, Frame):  # handshake events
             return super().process_event(event)  # type: ignore[misc]
         opcode = event.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -110,16 +201,17 @@ class DirectDelivery:
         except Exception:  # a bug in a handler must not break the connection's protocol state
             log.exception("message handler failed")
 
-    def data_received(self, data: bytes) -> None:
-        global _batching
-        if _batching:  # nested (cannot normally happen): no batching
-            return super().data_received(data)  # type: ignore[misc]
-        _batching = True
-        try:
-            super().data_received(data)  # type: ignore[misc]
-        finally:
-            _batching = False
-            flush_all()
+
+# -- sending --------------------------------------------------------------------------------
+
+
+def _mark_dirty(ws: Any) -> None:
+    if _batching:
+        if not ws._flush_pending:
+            ws._flush_pending = True
+            _dirty.append(ws)
+    else:
+        _flush(ws)
 
 
 def flush_all() -> None:
@@ -130,18 +222,38 @@ def flush_all() -> None:
 
 
 def _flush(ws: Any) -> None:
+    transport = ws.transport
+    out = ws._out
+    if out:
+        ws._out = None
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
     try:
-        ws.send_data()
+        ws.send_data()  # whatever the library queued (pongs, close frames) goes after
     except Exception as exc:  # the transport failed; the library reports the close
         log.debug("write failed: %s", exc)
         return
-    transport = ws.transport
     if transport is not None and transport.get_write_buffer_size() > protocol.OUTBOUND_BACKLOG_LIMIT:
         log.warning("closing a connection with over %d unsent bytes (the peer stopped reading)",
                     protocol.OUTBOUND_BACKLOG_LIMIT)
         # a polite close would queue behind the backlog it is meant to stop
         ws.protocol.fail(protocol.Close.INTERNAL, "outbound backlog")
         transport.abort()
+
+
+def _text_frame(data: bytes, client: bool) -> bytes:
+    size = len(data)
+    bit = 0x80 if client else 0
+    if size < 126:
+        head = bytes((0x81, size | bit))
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x81, 126 | bit, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127 | bit, size)
+    if client:
+        mask = _entropy.token_bytes(4)
+        return head + mask + apply_mask(data, mask)
+    return head + data
 
 
 def write_text(ws: ServerConnection | ClientConnection, data: bytes) -> bool:
@@ -153,27 +265,29 @@ def write_text(ws: ServerConnection | ClientConnection, data: bytes) -> bool:
     if proto.state is not State.OPEN:
         return False
     if len(data) <= protocol.SINGLE_FRAME_MAX:
-        proto.send_text(data)
-    else:
-        size, start, first = len(data), 0, True
-        view = memoryview(data)
-        while start < size:
-            end = min(start + protocol.OUTBOUND_FRAGMENT, size)
-            while end < size and (data[end] & 0xC0) == 0x80:
-                end -= 1  # never split a UTF-8 sequence
-            chunk, fin = bytes(view[start:end]), end >= size
-            if first:
-                proto.send_text(chunk, fin=fin)
-                first = False
-            else:
-                proto.send_continuation(chunk, fin=fin)
-            start = end
-    if _batching:
-        if not ws._flush_pending:  # type: ignore[union-attr]
-            ws._flush_pending = True  # type: ignore[union-attr]
-            _dirty.append(ws)
-    else:
-        _flush(ws)
+        out = ws._out  # type: ignore[union-attr]
+        frame = _text_frame(data, proto.side is Side.CLIENT)
+        if out is None:
+            ws._out = [frame]  # type: ignore[union-attr]
+        else:
+            out.append(frame)
+        _mark_dirty(ws)
+        return True
+    _flush(ws)  # earlier frames first: order is kept
+    size, start, first = len(data), 0, True
+    view = memoryview(data)
+    while start < size:
+        end = min(start + protocol.OUTBOUND_FRAGMENT, size)
+        while end < size and (data[end] & 0xC0) == 0x80:
+            end -= 1  # never split a UTF-8 sequence
+        chunk, fin = bytes(view[start:end]), end >= size
+        if first:
+            proto.send_text(chunk, fin=fin)
+            first = False
+        else:
+            proto.send_continuation(chunk, fin=fin)
+        start = end
+    _flush(ws)
     return True
 
 

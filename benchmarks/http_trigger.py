@@ -1,0 +1,527 @@
+#!/usr/bin/env python
+"""HTTP trigger benchmark: iii-http -> function, under ``wrk``, against a plain aiohttp app.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/http_trigger.py             # full: 3 reps, ~4 minutes
+    .venv/bin/python benchmarks/http_trigger.py --quick     # 1 s windows, ~1.5 minutes
+    .venv/bin/python benchmarks/http_trigger.py --profile /tmp/http-prof   # + py-spy pass
+
+Needs ``wrk`` (Debian package ``wrk``) and, for ``--profile``, ``py-spy`` in the venv.
+
+Scenarios (every repetition starts fresh processes; repetitions are interleaved):
+
+- ``plain``        a plain aiohttp app (one process) answering ``GET /bench/hello`` with
+                   ``{"hello":"world"}`` (orjson, application/json): the baseline.
+- ``inproc``       ONE process: pyiii engine (Engine + WebSocket Listener), iii-http started
+                   in-process (local connector) and the handler registered by a pyiii.sdk
+                   client with the local connector; the handler is ``async def`` returning
+                   ``{"status_code":200,"body":{"hello":"world"}}``.
+- ``inproc-1000``  the same, with 999 more routes (``GET /r/<i>/:id``) bound to another
+                   function before the bench route.
+- ``worker``       the engine process as above (iii-http in-process), the handler in a
+                   separate process, registered with pyiii.sdk over WebSocket.
+
+Each scenario runs ``wrk -t1 -cC --latency`` at C = 1, 32, 128 connections: a warm-up
+window, then a measured window. req/s and the p99 come from wrk; the server-side CPU time
+(all scenario processes, /proc/PID/stat) per request is added.
+
+Internal roles (``--role ...``) are how the script starts its own child processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNECTIONS = (1, 32, 128)
+SCENARIOS = ("plain", "inproc", "inproc-1000", "worker")
+PATH = "/bench/hello"
+HELLO = {"status_code": 200, "body": {"hello": "world"}}
+
+
+def emit(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# child roles
+# ---------------------------------------------------------------------------------------
+
+
+async def role_plain() -> None:
+    import orjson
+    from aiohttp import web
+
+    body = orjson.dumps({"hello": "world"})
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(PATH, hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    emit("READY", port, 0)
+    await asyncio.Event().wait()
+
+
+async def register_routes(client: Any, routes: int) -> None:
+    async def other(data: Any) -> Any:
+        return {"status_code": 200, "body": {"id": data["path_params"].get("id")}}
+
+    async def hello(data: Any) -> Any:
+        return HELLO
+
+    if routes > 1:
+        client.register_function("bench::other", other)
+        for i in range(routes - 1):
+            client.register_trigger({"type": "http", "function_id": "bench::other",
+                                     "config": {"api_path": f"r/{i}/:id", "http_method": "GET"}})
+    client.register_function("bench::hello", hello)
+    client.register_trigger({"type": "http", "function_id": "bench::hello",
+                             "config": {"api_path": PATH, "http_method": "GET"}})
+
+
+async def role_engine(mode: str, routes: int) -> None:
+    """Engine + listener + iii-http in one process; ``mode`` inproc also hosts the handler."""
+    from pyiii.engine.core import Engine
+    from pyiii.engine.inprocess import local_connector
+    from pyiii.engine.listener import Listener, ListenerConfig
+    from pyiii.sdk import InitOptions, register_worker
+    from pyiii.workers import http
+    from pyiii.workers.base import WorkerContext
+
+    engine = Engine()
+    engine.start()
+    listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
+    await listener.start()
+    url = f"ws://127.0.0.1:{listener.port}"
+    ctx = WorkerContext("iii-http", {"port": 0, "host": "127.0.0.1"}, Path(tempfile.gettempdir()),
+                        True, url=url, connector=local_connector(engine))
+    worker = await http.start(ctx)
+    if mode == "inproc":
+        client = register_worker(url, InitOptions(worker_name="bench-handler",
+                                                  connector=local_connector(engine)))
+        await register_routes(client, routes)
+        await client.wait_connected(10)
+        deadline = time.monotonic() + 30
+        while len(worker.routes) < routes:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(worker.routes)} routes bound")
+            await asyncio.sleep(0.01)
+    emit("READY", worker.port, listener.port)
+    await asyncio.Event().wait()
+
+
+async def role_handler(url: str, routes: int) -> None:
+    from pyiii.sdk import InitOptions, register_worker
+
+    client = register_worker(url, InitOptions(worker_name="bench-handler"))
+    await register_routes(client, routes)
+    await client.wait_connected(15)
+    emit("READY")
+    await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------------------------------
+# orchestration
+# ---------------------------------------------------------------------------------------
+
+
+class Child:
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name, self.proc, self.log_path = name, proc, log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def expect(self, prefix: str, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if not raw:
+                await self.proc.wait()
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) early:\n{tail}")
+            text = raw.decode().strip()
+            if text.startswith(prefix):
+                return text[len(prefix):].strip()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.terminate()
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"cannot parse wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M)}
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"rps": rps, "p50_ms": pct["50"], "p90_ms": pct["90"], "p99_ms": pct["99"],
+            "requests": total, "errors": errors}
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.children: list[Child] = []
+        self.counter = 0
+
+    async def spawn(self, name: str, role: str, *extra: Any) -> Child:
+        self.counter += 1
+        log_path = self.workdir / f"{self.counter:03d}-{name}.log"
+        log_file = open(log_path, "wb")
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--role", role, *map(str, extra),
+            stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
+            cwd=str(ROOT), env=env)
+        log_file.close()
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    async def stop_all(self) -> None:
+        for child in reversed(self.children):
+            await child.stop()
+        self.children.clear()
+
+    async def wrk(self, port: int, conns: int, seconds: float) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            self.args.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
+            f"http://127.0.0.1:{port}{PATH}", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        try:
+            return parse_wrk(text)
+        except Exception as exc:
+            raise RuntimeError(f"wrk output not understood: {text}") from exc
+
+    async def start(self, scenario: str) -> tuple[int, list[int]]:
+        """Start the scenario's processes; the HTTP port and the server pids."""
+        if scenario == "plain":
+            server = await self.spawn("plain", "plain")
+            port = int((await server.expect("READY")).split()[0])
+            return port, [server.pid]
+        routes = 1000 if scenario.endswith("-1000") else 1
+        mode = "inproc" if scenario.startswith("inproc") else "worker"
+        engine = await self.spawn(f"engine-{scenario}", "engine", mode, routes)
+        port, engine_port = map(int, (await engine.expect("READY")).split())
+        pids = [engine.pid]
+        if mode == "worker":
+            handler = await self.spawn("handler", "handler", f"ws://127.0.0.1:{engine_port}", routes)
+            await handler.expect("READY")
+            pids.append(handler.pid)
+        await wait_ok(port)
+        return port, pids
+
+    async def scenario(self, scenario: str, on_window: Any = None) -> dict[str, Any]:
+        try:
+            port, pids = await self.start(scenario)
+            results: dict[str, Any] = {}
+            for conns in CONNECTIONS:
+                await self.wrk(port, conns, self.args.warmup)
+                cpu0 = sum(map(cpu_seconds, pids))
+                spy = on_window(conns, pids) if on_window else None
+                r = await self.wrk(port, conns, self.args.seconds)
+                if spy is not None:
+                    await spy
+                cpu = sum(map(cpu_seconds, pids)) - cpu0
+                r["server_cpu_us_per_req"] = cpu * 1e6 / max(1, r["requests"])
+                r["server_cpu_util"] = cpu / self.args.seconds
+                results[str(conns)] = r
+            return results
+        finally:
+            await self.stop_all()
+
+    async def profile(self, prefix: str) -> str:
+        """An extra in-process run with py-spy on the engine during the 32-connection window."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = f"{prefix}-inproc.txt"
+        duration = max(3, int(self.args.seconds) - 1)
+
+        async def spy(pid: int) -> None:
+            proc = await asyncio.create_subprocess_exec(
+                py_spy, "record", "--pid", str(pid), "--rate", "250", "--duration", str(duration),
+                "--format", "raw", "-o", out, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            await proc.wait()
+
+        def on_window(conns: int, pids: list[int]) -> Any:
+            return asyncio.ensure_future(spy(pids[0])) if conns == 32 else None
+
+        await self.scenario("inproc", on_window)
+        return out
+
+
+async def wait_ok(port: int, timeout: float = 30) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{PATH}") as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status == 200 and body == {"hello": "world"}:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{PATH} never answered 200 on port {port}")
+            await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# profile summary (py-spy --format raw: "frame;frame;... count" per line)
+# ---------------------------------------------------------------------------------------
+
+
+def _frame_name(frame: str) -> str:
+    func, _, where = frame.partition(" (")
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("pyiii/", "site-packages/", "lib/python3"):
+        idx = file.find(marker)
+        if idx >= 0:
+            file = file[idx:]
+            break
+    return f"{file}:{func}"
+
+
+def summarise_profile(path: str, top: int = 20) -> str:
+    self_counts: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        names = [_frame_name(f.strip()) for f in stack.split(";")]
+        self_counts[names[-1]] = self_counts.get(names[-1], 0) + count
+        for name in set(names):
+            incl[name] = incl.get(name, 0) + count
+    if not total:
+        return f"{path}: no samples"
+    lines = [f"{path}: {total} samples", "  self (leaf) time:"]
+    for name, n in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / total:5.1f}%  {name}")
+    lines.append("  inclusive time, pyiii code:")
+    ours = [(k, v) for k, v in incl.items() if "pyiii/" in k]
+    for name, n in sorted(ours, key=lambda kv: -kv[1])[:top + 10]:
+        lines.append(f"    {100 * n / total:5.1f}%  {name}")
+    lines.append("  inclusive time, selected libraries:")
+    libs = [(k, v) for k, v in incl.items() if any(s in k for s in (
+        "websockets/asyncio/client.py:connect", "websockets/asyncio/client.py:__await_impl__",
+        "aiohttp/web_protocol.py:_handle_request", "aiohttp/web_protocol.py:finish_response"))]
+    for name, n in sorted(libs, key=lambda kv: -kv[1]):
+        lines.append(f"    {100 * n / total:5.1f}%  {name}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+
+def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        out[scenario] = {}
+        for conns in map(str, CONNECTIONS):
+            rows = [r[scenario][conns] for r in reps]
+            out[scenario][conns] = {k: statistics.median([row[k] for row in rows]) for k in rows[0]}
+            out[scenario][conns]["runs_rps"] = [row["rps"] for row in rows]
+    return out
+
+
+LABELS = {"plain": "plain aiohttp app", "inproc": "pyiii, handler in-process (1 route)",
+          "inproc-1000": "pyiii, handler in-process (1,000 routes)",
+          "worker": "pyiii, handler in a worker process (1 route)"}
+
+
+def report(s: dict[str, Any]) -> str:
+    lines = ["| scenario | conns | req/s | p50 ms | p99 ms | server CPU µs/req | server CPU util | errors | runs (req/s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for scenario in SCENARIOS:
+        for conns in map(str, CONNECTIONS):
+            r = s[scenario][conns]
+            lines.append(f"| {LABELS[scenario]} | {conns} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {r['server_cpu_us_per_req']:,.0f} | "
+                         f"{100 * r['server_cpu_util']:.0f}% | {r['errors']:.0f} | "
+                         + ", ".join(f"{x:,.0f}" for x in r["runs_rps"]) + " |")
+    lines += ["", "| ratio / target | value | target | met |", "|---|---:|---:|:---:|"]
+    for conns in map(str, CONNECTIONS):
+        plain = s["plain"][conns]["rps"]
+        for scenario in ("inproc", "worker"):
+            ratio = s[scenario][conns]["rps"] / plain
+            target = "≥ 0.5×" if scenario == "inproc" else "(info)"
+            met = ("yes" if ratio >= 0.5 else "**no**") if scenario == "inproc" else "–"
+            lines.append(f"| {scenario} / plain req/s, {conns} conns | {ratio:.2f}× | {target} | {met} |")
+    for scenario in ("inproc", "worker"):
+        p99 = s[scenario]["32"]["p99_ms"]
+        lines.append(f"| {scenario} p99 at 32 conns | {p99:.2f} ms | < 10 ms | "
+                     f"{'yes' if p99 < 10 else '**no**'} |")
+    for conns in map(str, CONNECTIONS):
+        cost = 1 - s["inproc-1000"][conns]["rps"] / s["inproc"][conns]["rps"]
+        lines.append(f"| 1,000 routes vs 1 route, req/s cost, {conns} conns | {100 * cost:+.1f}% | "
+                     f"< 10% | {'yes' if cost < 0.10 else '**no**'} |")
+    return "\n".join(lines)
+
+
+def route_micro() -> str:
+    """RouteTable.match cost in isolation: 1 route vs 1,000 (999 ``r/<i>/:id`` + the bench
+    route), for the bench path and for a parameter path."""
+    import timeit
+
+    from pyiii.sdk import TriggerConfig
+    from pyiii.workers.http.routing import RouteTable
+
+    def table(n: int) -> RouteTable:
+        t = RouteTable()
+        for i in range(n - 1):
+            t.add(TriggerConfig(id=f"t{i}", trigger_type="http", function_id="bench::other",
+                                config={"api_path": f"r/{i}/:id"}))
+        t.add(TriggerConfig(id="hello", trigger_type="http", function_id="bench::hello",
+                            config={"api_path": PATH}))
+        return t
+
+    out = []
+    for n in (1, 1000):
+        t = table(n)
+        for path in (PATH, "/r/500/abc"):
+            number = 200_000
+            best = min(timeit.repeat(lambda: t.match("GET", path), number=number, repeat=3))
+            out.append(f"{n} route(s), GET {path}: {best / number * 1e6:.2f} µs/match")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}")
+
+
+async def orchestrate(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="pyiii-bench-http-"))
+    runner = Runner(args, workdir)
+    emit(f"# {machine()}")
+    emit(f"# child logs in {workdir}")
+    t_start = time.perf_counter()
+    reps: list[dict[str, Any]] = []
+    try:
+        for rep in range(args.reps):
+            result: dict[str, Any] = {}
+            for scenario in SCENARIOS:
+                t0 = time.perf_counter()
+                result[scenario] = r = await runner.scenario(scenario)
+                text = "  ".join(f"c={c}: {x['rps']:,.0f}/s p99 {x['p99_ms']:.2f}ms"
+                                 + (f" ERR {x['errors']}" if x["errors"] else "")
+                                 for c, x in r.items())
+                emit(f"rep {rep + 1}/{args.reps} {scenario:12s} {text}  ({time.perf_counter() - t0:.1f}s)")
+            reps.append(result)
+        summary = summarise(reps)
+        emit("")
+        emit(report(summary))
+        emit("")
+        emit("# RouteTable.match in isolation (best of 3)")
+        emit(route_micro())
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args),
+                                                   "summary": summary, "runs": reps}, indent=2))
+        if args.profile:
+            emit("\n# profile pass (py-spy on the in-process engine at 32 connections; not in the medians)")
+            emit(summarise_profile(await runner.profile(args.profile)))
+    finally:
+        await runner.stop_all()
+    emit(f"\n# total {time.perf_counter() - t_start:.0f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 s windows, 1 repetition")
+    parser.add_argument("--reps", type=int, help="repetitions (medians are reported; default 3)")
+    parser.add_argument("--warmup", type=int, help="warm-up seconds per window (default 1)")
+    parser.add_argument("--seconds", type=int, help="measured seconds per window (default 4)")
+    parser.add_argument("--json", help="write raw and median results to this file")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="extra in-process run with py-spy at 32 connections "
+                             "(writes PREFIX-inproc.txt, prints the hot spots)")
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        a = args.role_args
+        if args.role == "plain":
+            asyncio.run(role_plain())
+        elif args.role == "engine":
+            asyncio.run(role_engine(a[0], int(a[1])))
+        elif args.role == "handler":
+            asyncio.run(role_handler(a[0], int(a[1])))
+        else:
+            raise SystemExit(f"unknown role {args.role}")
+        return
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 4.0)
+    try:
+        asyncio.run(orchestrate(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
