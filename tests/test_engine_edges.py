@@ -272,3 +272,20 @@ async def test_fuzz_malformed_frames_do_not_disturb_a_good_worker(raw, engine):
     names = [w["name"] for w in (await fresh.call("engine::workers::list", {}))["result"]["workers"]]
     assert "good" in names and "caller" in names
     await fresh.close()
+
+
+async def test_fast_path_answers_pings_and_hands_fragments_back(raw):
+    """Once open, frames are parsed by pyiii.wswire; pings, fragmented messages and messages
+    after a hand-back to the library must behave exactly as before."""
+    a = await raw("frames")
+    await a.sync()  # the connection now runs on the fast path
+    pong = await a.ws.ping(b"hey")
+    await asyncio.wait_for(pong, 2)
+    fragments = ['{"type":"invokefunction","invocation_id":"f1",', '"function_id":"nope::x"}']
+    await a.ws.send(iter(fragments))
+    answer = await a.recv_type("invocationresult")
+    assert answer["invocation_id"] == "f1" and answer["error"]["code"] == "function_not_found"
+    pong = await a.ws.ping(b"again")
+    await asyncio.wait_for(pong, 2)
+    assert (await a.call("engine::baggage::get", {"key": "k"}, baggage="k=v"))["result"] == \
+        {"value": "v"}
