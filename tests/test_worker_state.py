@@ -148,3 +148,26 @@ def test_update_ops_rules():
     assert applied == 3
     big, _, _ = apply_ops({"n": 2**63 - 1}, [{"type": "increment", "path": "n", "by": 1}])
     assert big == {"n": float(2**63)}
+
+
+@pytest.mark.parametrize("lang", ["s25", "n22"])
+async def test_state_trigger_registered_by_an_official_sdk_worker(engine, client, tmp_path,
+                                                                  peers, lang):
+    from .conftest_peers import fn, make_spec
+
+    worker = await _start(engine, tmp_path, {"adapter": "memory"})
+    try:
+        peer = await peers.astart(lang, engine.url, make_spec(
+            f"state-{lang}", [fn(f"{lang}::on_change", "echo", record_full=True)],
+            triggers=[{"type": "state", "function_id": f"{lang}::on_change",
+                       "config": {"scope": "watched", "key": "k"}}]))
+        await asyncio.sleep(0.2)
+        await call(client, "state::set", {"scope": "watched", "key": "other", "value": 0})
+        await call(client, "state::set", {"scope": "watched", "key": "k", "value": {"n": 1}})
+        event = await peer.event("invoke", function_id=f"{lang}::on_change")
+        assert event["data"] == {"type": "state", "event_type": "state:created",
+                                 "scope": "watched", "key": "k", "old_value": None,
+                                 "new_value": {"n": 1}}
+        await peer.no_event("invoke", within=0.3)
+    finally:
+        await worker.stop()
