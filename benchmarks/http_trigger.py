@@ -3,8 +3,8 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/http_trigger.py             # full: 3 reps, ~4 minutes
-    .venv/bin/python benchmarks/http_trigger.py --quick     # 1 s windows, ~1.5 minutes
+    .venv/bin/python benchmarks/http_trigger.py             # full: 3 reps, ~3.5 minutes
+    .venv/bin/python benchmarks/http_trigger.py --quick     # 1 rep, 1 s windows, < 1 minute
     .venv/bin/python benchmarks/http_trigger.py --profile /tmp/http-prof   # + py-spy pass
 
 Needs ``wrk`` (Debian package ``wrk``) and, for ``--profile``, ``py-spy`` in the venv.

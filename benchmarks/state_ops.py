@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/state_ops.py            # full: 3 reps, ~3 minutes
+    .venv/bin/python benchmarks/state_ops.py            # full: 3 reps, ~2.5 minutes
     .venv/bin/python benchmarks/state_ops.py --quick    # 1 rep, 1 s windows, < 1 minute
 
 Needs ``redis-server`` (default /usr/bin/redis-server; a PRIVATE one is started on a free

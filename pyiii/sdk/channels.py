@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -17,6 +18,8 @@ from urllib.parse import quote
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from pyiii.protocol import KIB, MAX_INBOUND_MESSAGE
 
@@ -76,8 +79,16 @@ def build_channel_url(engine_ws_base: str, channel_id: str, access_key: str, dir
     return f"{base.rstrip('/')}/ws/channels/{channel_id}?{params}"
 
 
+@functools.lru_cache(maxsize=64)
+def _proxy_for(base: str) -> str | None:
+    # the proxy environment is read once per engine address: websockets reads it on every
+    # connect, a measurable cost when every HTTP request opens channels
+    return get_proxy(parse_uri(base))
+
+
 async def _open_websocket(url: str, headers: dict[str, str] | None) -> Any:
     return await ws_connect(url, additional_headers=headers, max_size=MAX_INBOUND_MESSAGE,
+                            proxy=_proxy_for(url.split("/ws/channels/", 1)[0]),
                             compression=None)
 
 
