@@ -51,6 +51,7 @@ class Channel:
 class ChannelHub:
     def __init__(self) -> None:
         self.channels: dict[str, Channel] = {}
+        self.local_tasks: set[asyncio.Task[None]] = set()  # ends served without a socket
         self._sweeper: asyncio.Task[None] | None = None
 
     def create(self, buffer_size: int | None) -> Channel:

@@ -94,4 +94,11 @@ def local_connector(engine: "Engine") -> Any:
     async def connect() -> LocalTransport:
         return LocalTransport(engine)
 
+    async def open_channel(url: str, headers: Any = None) -> Any:
+        # channel ends of in-process workers skip the loopback WebSocket too
+        from .channel_pipe import open_local_end
+
+        return open_local_end(engine.channels, url)
+
+    connect.open_channel = open_channel  # type: ignore[attr-defined]
     return connect

@@ -402,13 +402,18 @@ class III(ConnectionCore):
         refs = await self._trigger_here({"function_id": "engine::channels::create",
                                          "payload": {"buffer_size": buffer_size}})
         writer_ref, reader_ref = StreamChannelRef.of(refs["writer"]), StreamChannelRef.of(refs["reader"])
-        return Channel(writer=self._channel_end(writer_ref), reader=self._channel_end(reader_ref),
+        return Channel(writer=self.channel_end(writer_ref), reader=self.channel_end(reader_ref),
                        writer_ref=writer_ref, reader_ref=reader_ref)
 
-    def _channel_end(self, ref: dict[str, Any]) -> Any:
+    def channel_end(self, ref: dict[str, Any]) -> ChannelReader | ChannelWriter:
+        """The live reader or writer for a ChannelRef (pyiii addition: the SDK does this itself
+        for refs inside incoming payloads; this is for refs a worker kept, e.g. to end a
+        channel nobody used)."""
         cls = ChannelReader if ref["direction"] == "read" else ChannelWriter
-        return cls(self._address, ref, self._headers, loop=self._loop)
+        # a connector may open channel ends itself (the engine's in-process one does)
+        opener = getattr(self._options.connector, "open_channel", None)
+        return cls(self._address, ref, self._headers, opener=opener, loop=self._loop)
 
     def _resolve_refs(self, data: Any) -> Any:
-        return resolve_channel_refs(data, self._channel_end)
+        return resolve_channel_refs(data, self.channel_end)
 

@@ -157,14 +157,14 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
     finally:
         if not pump.done():
             pump.cancel()
-        worker.spawn(_finish(iii.get_address(), pump, reader, request_channel, response_channel))
+        worker.spawn(_finish(iii, pump, reader, request_channel, response_channel))
 
 
-async def _finish(address: str, pump: "asyncio.Future[None]", reader: streaming.ResponseChannel,
+async def _finish(iii: Any, pump: "asyncio.Future[None]", reader: streaming.ResponseChannel,
                   request_channel: Any, response_channel: Any) -> None:
     try:
         await asyncio.wait({pump}, timeout=streaming.RETIRE_TIMEOUT_S)
     except Exception:
         pass
     await reader.close()
-    await streaming.retire(address, request_channel, response_channel)
+    await streaming.retire(iii, request_channel, response_channel)

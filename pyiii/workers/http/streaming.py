@@ -111,17 +111,16 @@ async def pump_request_body(writer: ChannelWriter, raw: bytes | None,
             pass
 
 
-async def retire(address: str, request_channel: Channel, response_channel: Channel) -> None:
+async def retire(iii: III, request_channel: Channel, response_channel: Channel) -> None:
     """Remove both channels: finish the ends the handler never took (an end it holds is
     refused with 409 and left to it)."""
 
     async def drain() -> None:
-        reader = ChannelReader(address, request_channel.reader_ref)
-        async for _ in reader:
+        async for _ in iii.channel_end(request_channel.reader_ref):
             pass
 
     async def end_writer() -> None:
-        await ChannelWriter(address, response_channel.writer_ref).close_async()
+        await iii.channel_end(response_channel.writer_ref).close_async()
 
     for job in (drain, end_writer):
         try:
