@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import Child, cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
 SCENARIOS = ("plain", "inproc", "inproc-1000", "worker")
@@ -143,45 +145,6 @@ async def role_handler(url: str, routes: int) -> None:
 # ---------------------------------------------------------------------------------------
 # orchestration
 # ---------------------------------------------------------------------------------------
-
-
-class Child:
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name, self.proc, self.log_path = name, proc, log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def expect(self, prefix: str, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        while True:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-            if not raw:
-                await self.proc.wait()
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) early:\n{tail}")
-            text = raw.decode().strip()
-            if text.startswith(prefix):
-                return text[len(prefix):].strip()
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.terminate()
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

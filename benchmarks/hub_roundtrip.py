@@ -49,6 +49,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from benchlib import Child, cpu_seconds, free_port, rss_kib, wait_port
+
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,46 +345,6 @@ async def role_mem_clients(url: str, count: int, index: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-class Child:
-    """A child process whose stdout lines are protocol (READY/MARK/RESULT)."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def line(self, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not raw:
-            await self.proc.wait()
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) early:\n{tail}")
-        return raw.decode().strip()
-
-    async def expect(self, prefix: str, timeout: float = 60) -> str:
-        while True:
-            text = await self.line(timeout)
-            if text.startswith(prefix):
-                return text[len(prefix):].strip()
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.terminate()
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
 class Runner:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -558,41 +520,6 @@ class Runner:
             for spy in spies:
                 await spy.wait()
         return outputs
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------

@@ -37,13 +37,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+
+from benchlib import Child, cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -174,51 +175,6 @@ async def role_client(backend: str, target: str, warmup: float, seconds: float) 
 # ---------------------------------------------------------------------------------------
 # orchestration
 # ---------------------------------------------------------------------------------------
-
-
-class Child:
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name, self.proc, self.log_path = name, proc, log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def expect(self, prefix: str, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        while True:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-            if not raw:
-                await self.proc.wait()
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) early:\n{tail}")
-            text = raw.decode().strip()
-            if text.startswith(prefix):
-                return text[len(prefix):].strip()
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.terminate()
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Runner:
