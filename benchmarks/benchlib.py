@@ -4,7 +4,9 @@ stdout, their CPU time and memory from /proc, and free ports."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
+import platform
 import socket
 import time
 from pathlib import Path
@@ -82,3 +84,17 @@ async def wait_port(port: int, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.02)
+
+
+def machine() -> str:
+    """One line naming the machine and the moment, for the head of every report."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}")

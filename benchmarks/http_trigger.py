@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -46,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Child, cpu_seconds
+from benchlib import Child, cpu_seconds, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
@@ -404,16 +402,6 @@ def route_micro() -> str:
             best = min(timeit.repeat(lambda: t.match("GET", path), number=number, repeat=3))
             out.append(f"{n} route(s), GET {path}: {best / number * 1e6:.2f} µs/match")
     return "\n".join(out)
-
-
-def machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
 async def orchestrate(args: argparse.Namespace) -> None:

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -49,7 +47,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, cpu_seconds, free_port, rss_kib, wait_port
+from benchlib import Child, cpu_seconds, free_port, rss_kib, wait_port, machine
 
 import orjson
 
@@ -639,19 +637,6 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
 async def orchestrate(args: argparse.Namespace) -> None:

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -44,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, cpu_seconds, free_port
+from benchlib import Child, cpu_seconds, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -316,16 +314,6 @@ def report(s: dict[str, Any], clients: int) -> str:
         cells = [f"{s[scenario][k]['ops_per_s'] / s['redis'][k]['ops_per_s']:.2f}×" for k in keys()]
         lines.append(f"| {scenario} / redis | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
 async def orchestrate(args: argparse.Namespace) -> None:
