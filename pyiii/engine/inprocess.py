@@ -9,6 +9,7 @@ mutates its input mutates the caller's object, as documented for in-process work
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol import TransportClosed
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .core import Engine
 
 _CLOSED = None
+log = logging.getLogger("pyiii.engine.inprocess")
 
 
 class InProcessConnection(Connection):
@@ -35,7 +37,11 @@ class InProcessConnection(Connection):
         if self.closing and frame.get("type") != "registrationrejected":
             return
         if self.deliver is not None:
-            self.deliver(frame)
+            try:
+                self.deliver(frame)
+            except Exception:  # the worker's bug must not fail the sender's frame
+                log.exception("in-process worker %s failed to take a %s frame", self.label(),
+                              frame.get("type"))
         else:
             self.inbox.put_nowait(frame)
 
