@@ -39,8 +39,8 @@ def open_kv(adapter: str, config: dict[str, Any], project_dir: Path, default_fil
     if adapter == "sqlite":
         from .sqlite_kv import SqliteKV
 
-        path = Path(config.get("file_path") or default_file)
-        if not path.is_absolute():
-            path = project_dir / path
-        return SqliteKV(path, synchronous=config.get("synchronous", "normal"))
+        from .sqlite_db import db_path
+
+        return SqliteKV(db_path(config, project_dir, default_file),
+                        synchronous=config.get("synchronous", "normal"))
     raise ValueError(f"adapter '{adapter}' is not available")

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def db_path(config: dict[str, Any], project_dir: Path, default_file: str) -> Path:
+    """An adapter's ``file_path`` (else the worker's default), relative to the project."""
+    path = Path(config.get("file_path") or default_file)
+    return path if path.is_absolute() else project_dir / path
+
+
 def open_db(path: Path, synchronous: str = "normal") -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)

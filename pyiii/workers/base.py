@@ -38,6 +38,21 @@ class WorkerContext:
         return options
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+async def go_live(worker: Any) -> Any:
+    """Register the worker's functions and trigger types and wait for the engine link; if
+    that fails, stop the worker (its connection, listeners, storage) before re-raising."""
+    worker.register()
+    try:
+        await worker.iii.wait_connected(CONNECT_TIMEOUT_S)
+    except BaseException:
+        await worker.stop()
+        raise
+    return worker
+
+
 class RunningWorker(Protocol):
     async def stop(self) -> None: ...
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from ...storage.sqlite_db import atomic, open_db
+from ...storage.sqlite_db import atomic, db_path, open_db
 
 
 class LockStore(Protocol):
@@ -89,8 +89,6 @@ def open_locks(adapter: str, config: dict[str, Any], project_dir: Path) -> LockS
     if adapter == "memory":
         return MemoryLocks()
     if adapter == "sqlite":
-        path = Path(config.get("file_path") or "data/cron.db")
-        if not path.is_absolute():
-            path = project_dir / path
-        return SqliteLocks(path, synchronous=config.get("synchronous", "normal"))
+        return SqliteLocks(db_path(config, project_dir, "data/cron.db"),
+                           synchronous=config.get("synchronous", "normal"))
     raise ValueError(f"adapter '{adapter}' is not available")

@@ -24,7 +24,7 @@ import orjson
 
 from ...sdk import III, TriggerConfig, TriggerHandler, register_worker
 from .. import settings
-from ..base import WorkerContext
+from ..base import WorkerContext, go_live
 from ..conditions import ConditionFailed, passes
 from .expression import CronExpression, parse
 from .locks import LockStore, open_locks
@@ -281,10 +281,4 @@ async def start(ctx: WorkerContext) -> CronWorker:
     locks = open_locks(config.adapter.name, config.adapter.config, ctx.project_dir)
     iii = register_worker(ctx.url, ctx.sdk_options())
     worker = CronWorker(iii, locks, config, ctx)
-    worker.register()
-    try:
-        await iii.wait_connected(10)
-    except BaseException:
-        await worker.stop()
-        raise
-    return worker
+    return await go_live(worker)

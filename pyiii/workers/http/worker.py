@@ -10,7 +10,7 @@ from typing import Any, Coroutine
 from aiohttp import web
 
 from ...sdk import III, TriggerConfig, TriggerHandler, register_worker
-from ..base import WorkerContext
+from ..base import WorkerContext, go_live
 from . import pipeline
 from .config import HttpSettings, parse_settings
 from .routing import RouteTable
@@ -100,10 +100,4 @@ async def start(ctx: WorkerContext) -> HttpWorker:
         await iii.shutdown_async()
         raise ValueError(f"config.port: cannot listen on {settings.host}:{settings.port}: "
                          f"{exc}") from exc
-    worker.register()
-    try:
-        await iii.wait_connected(10)
-    except BaseException:
-        await worker.stop()
-        raise
-    return worker
+    return await go_live(worker)

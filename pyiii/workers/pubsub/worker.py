@@ -8,7 +8,7 @@ from typing import Any
 
 from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register_worker
 from .. import settings
-from ..base import WorkerContext
+from ..base import WorkerContext, go_live
 from ..conditions import ConditionFailed, fire
 
 log = logging.getLogger("pyiii.workers.pubsub")
@@ -95,6 +95,4 @@ async def start(ctx: WorkerContext) -> PubSubWorker:
     parse_settings(ctx.config)
     iii = register_worker(ctx.url, ctx.sdk_options())
     worker = PubSubWorker(iii)
-    worker.register()
-    await iii.wait_connected(10)
-    return worker
+    return await go_live(worker)

@@ -143,8 +143,8 @@ def open_store(adapter: str, config: dict[str, Any], project_dir: Path) -> Queue
     if adapter == "sqlite":
         from .sqlite import SqliteQueueStore
 
-        path = Path(config.get("file_path") or "data/queue.db")
-        if not path.is_absolute():
-            path = project_dir / path
-        return SqliteQueueStore(path, synchronous=config.get("synchronous", "normal"))
+        from ...storage.sqlite_db import db_path
+
+        return SqliteQueueStore(db_path(config, project_dir, "data/queue.db"),
+                                synchronous=config.get("synchronous", "normal"))
     raise ValueError(f"adapter '{adapter}' is not available")

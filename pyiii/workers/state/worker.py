@@ -12,7 +12,7 @@ import orjson
 from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register_worker
 from ...storage.kv import KeyValueStore, open_kv
 from .. import settings
-from ..base import WorkerContext
+from ..base import WorkerContext, go_live
 from ..conditions import ConditionFailed, fire
 from ..errors import bad_input, stored
 from ..update_ops import apply_ops, validate_ops
@@ -216,6 +216,4 @@ async def start(ctx: WorkerContext) -> StateWorker:
     store = open_kv(config.adapter.name, config.adapter.config, ctx.project_dir, "data/state.db")
     iii = register_worker(ctx.url, ctx.sdk_options())
     worker = StateWorker(iii, store, config, ctx)
-    worker.register()
-    await iii.wait_connected(10)
-    return worker
+    return await go_live(worker)
