@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from pyiii.engine.core import Engine, EngineSettings
 from pyiii.engine.listener import Listener, ListenerConfig
 
-pytest_plugins = ["tests.conftest_peers"]
+pytest_plugins = ["tests.conftest_peers", "tests.redis_server"]
 
 NO_FRAME_S = 0.5  # "no frame" waits; long enough for a loopback round trip many times over
 GRACE_MS = 300
