@@ -1,1 +1,1 @@
-"""Storage adapters behind small interfaces: ``memory`` and ``sqlite`` (embedded default)."""
+"""Storage adapters behind small interfaces: ``memory``, ``sqlite`` (embedded default) and ``redis`` (shared by several engines)."""

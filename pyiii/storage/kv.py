@@ -13,6 +13,11 @@ from typing import Any, Callable, Protocol
 Updater = Callable[[bool, Any], tuple[Any, bool]]
 
 
+class StorageUnavailable(Exception):
+    """The backing server cannot be reached; the message is shown to the caller as it is
+    (e.g. ``redis unavailable: ...``), under the function's own error code."""
+
+
 class KeyValueStore(Protocol):
     async def get(self, scope: str, key: str) -> tuple[bool, Any]: ...
 
@@ -43,4 +48,9 @@ def open_kv(adapter: str, config: dict[str, Any], project_dir: Path, default_fil
 
         return SqliteKV(db_path(config, project_dir, default_file),
                         synchronous=config.get("synchronous", "normal"))
+    if adapter == "redis":
+        from .redis_kv import RedisKV
+        from .redis_link import redis_config
+
+        return RedisKV(redis_config(config))
     raise ValueError(f"adapter '{adapter}' is not available")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Awaitable
 
 from ..sdk import InvocationError
+from ..storage.kv import StorageUnavailable
 
 
 def bad_input(function_id: str, detail: str) -> InvocationError:
@@ -23,5 +24,7 @@ async def stored(code: str, operation: Awaitable[Any]) -> Any:
         return await operation
     except InvocationError:
         raise
+    except StorageUnavailable as exc:  # e.g. "redis unavailable: ...", shown as it is
+        raise InvocationError(code, str(exc)) from exc
     except Exception as exc:
         raise InvocationError(code, f"storage failed: {exc}") from exc

@@ -77,8 +77,6 @@ def adapter(worker: str, config: dict[str, Any], default: str, ephemeral: bool) 
             log.warning("%s: adapter option %s is ignored by pyiii", worker, ignored)
     if name not in ADAPTERS:
         raise ValueError(f"config.adapter: unknown adapter '{name}'; accepted: {', '.join(ADAPTERS)}")
-    if name == "redis":
-        raise ValueError("config.adapter: the redis adapter is not available in this version yet")
     if ephemeral:
         name = "memory"  # --use-default-config writes nothing
     return Adapter(name, options)

@@ -7,15 +7,22 @@ tick time + ``lock_ttl_ms``. Whoever inserts the lock first runs the tick; every
 - ``sqlite``: table ``cron_locks(key primary key, owner, expires_at)`` in a WAL-mode file shared
   by the engines of one host; a claim deletes expired rows and inserts with ``INSERT OR IGNORE``
   inside one ``BEGIN IMMEDIATE`` transaction, so the insert decides.
+- ``redis``: ``SET <key_prefix>cron_lock:<job key>:<tick> <owner> NX PXAT <expiry>``, for engines
+  anywhere; Redis decides, and expires the lock itself.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...storage.redis_link import UNREACHABLE, RedisLink, redis_config
 from ...storage.sqlite_db import atomic, db_path, open_db
+
+
+log = logging.getLogger("pyiii.workers.cron")
 
 
 class LockStore(Protocol):
@@ -85,10 +92,28 @@ class SqliteLocks:
         self.db.close()
 
 
+class RedisLocks:
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+
+    async def claim(self, job_key: str, tick: int, owner: str, expires_at_ms: int) -> bool:
+        name = self.link.key(f"cron_lock:{job_key}:{tick}")
+        try:
+            return bool(await self.link.client.set(name, owner, nx=True, pxat=expires_at_ms))
+        except UNREACHABLE as exc:  # nobody can claim: the tick is skipped, not run twice
+            log.warning("cron tick lock %s not taken: redis unavailable: %s", name, exc)
+            return False
+
+    async def close(self) -> None:
+        await self.link.close()
+
+
 def open_locks(adapter: str, config: dict[str, Any], project_dir: Path) -> LockStore:
     if adapter == "memory":
         return MemoryLocks()
     if adapter == "sqlite":
         return SqliteLocks(db_path(config, project_dir, "data/cron.db"),
                            synchronous=config.get("synchronous", "normal"))
+    if adapter == "redis":
+        return RedisLocks(RedisLink(redis_config(config)))
     raise ValueError(f"adapter '{adapter}' is not available")

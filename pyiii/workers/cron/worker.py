@@ -27,14 +27,17 @@ from .. import settings
 from ..base import WorkerContext, go_live
 from ..conditions import ConditionFailed, passes
 from .expression import CronExpression, parse
-from .locks import LockStore, open_locks
+from ...storage.kv import StorageUnavailable
+from ...storage.redis_link import REDIS_KEYS, redis_config
+from .locks import LockStore, RedisLocks, open_locks
 
 log = logging.getLogger("pyiii.workers.cron")
 
 ACCEPTED = ("adapter",)
-ADAPTER_KEYS = ("file_path", "synchronous", "lock_ttl_ms",
+ADAPTER_KEYS = ("file_path", "synchronous", "lock_ttl_ms", *REDIS_KEYS,
                 # reference options handled (or ignored with a warning) by settings.adapter
                 "store_method", "save_interval_ms", "lock_index")
+SHOWN_KEYS = ADAPTER_KEYS[:3 + len(REDIS_KEYS)]  # what the refusal lists
 DEFAULT_LOCK_TTL_MS = 30_000
 
 
@@ -51,7 +54,7 @@ def parse_settings(config: dict[str, Any], ephemeral: bool) -> CronSettings:
     for key in options:
         if key not in ADAPTER_KEYS:
             raise ValueError(f"unknown key config.adapter.config.{key}; accepted: "
-                             f"{', '.join(ADAPTER_KEYS[:3])}")
+                             f"{', '.join(SHOWN_KEYS)}")
     if "file_path" in options and not isinstance(options["file_path"], str):
         raise ValueError(f"config.adapter.config.file_path must be a string, "
                          f"got {options['file_path']!r}")
@@ -63,6 +66,8 @@ def parse_settings(config: dict[str, Any], ephemeral: bool) -> CronSettings:
     except ValueError as exc:
         raise ValueError(f"config.adapter.{exc}") from None
     assert ttl is not None
+    if chosen.name == "redis":
+        redis_config(options)  # refuse a bad redis block before anything starts
     return CronSettings(chosen, ttl)
 
 
@@ -254,6 +259,12 @@ class CronWorker:
         new = parse_settings(config, self.ctx.ephemeral)
         if _store_of(new) != _store_of(self.settings):
             locks = open_locks(new.adapter.name, new.adapter.config, self.ctx.project_dir)
+            if isinstance(locks, RedisLocks):
+                try:
+                    await locks.link.ping()  # connected first; on failure the old one stays
+                except StorageUnavailable as exc:
+                    await locks.close()
+                    raise ValueError(f"config.adapter: {exc}") from None
             old, self.locks = self.locks, locks
             await old.close()
         self.settings = new

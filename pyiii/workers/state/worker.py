@@ -10,7 +10,10 @@ from typing import Any
 import orjson
 
 from ...sdk import III, InvocationError, TriggerConfig, TriggerHandler, register_worker
-from ...storage.kv import KeyValueStore, open_kv
+from ...storage.kv import KeyValueStore, StorageUnavailable, open_kv
+from ...storage.redis_events import ChangeFeed, binding_key
+from ...storage.redis_kv import RedisKV
+from ...storage.redis_link import redis_config
 from .. import settings
 from ..base import WorkerContext, go_live
 from ..conditions import ConditionFailed, fire
@@ -32,8 +35,11 @@ class StateSettings:
 
 def parse_settings(config: dict[str, Any], ephemeral: bool) -> StateSettings:
     settings.check_keys("iii-state", config, ACCEPTED, IGNORED)
+    adapter = settings.adapter("iii-state", config, "sqlite", ephemeral)
+    if adapter.name == "redis":
+        redis_config(adapter.config)  # refuse a bad redis block before anything starts
     return StateSettings(
-        adapter=settings.adapter("iii-state", config, "sqlite", ephemeral),
+        adapter=adapter,
         triggers_enabled=settings.boolean(config, "triggers_enabled", True),
         max_value_bytes=settings.integer(config, "max_value_bytes", None, minimum=1),
     )
@@ -91,6 +97,15 @@ class StateWorker:
         self.ctx = ctx
         self.triggers = StateBindings()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.feed = self._feed_of(store)
+
+    def _feed_of(self, store: KeyValueStore) -> ChangeFeed | None:
+        """With redis, changes go round every engine through ``state::events`` (§1.7)."""
+        if not isinstance(store, RedisKV):
+            return None
+        feed = ChangeFeed(store.link, "state::events", self._on_change)
+        feed.start()
+        return feed
 
     def register(self) -> None:
         iii = self.iii
@@ -172,19 +187,36 @@ class StateWorker:
     def _fire(self, scope: str, key: str, event: str, old: Any, new: Any) -> None:
         if not self.settings.triggers_enabled:
             return
-        bindings = self.triggers.matching(scope, key)
-        if not bindings:
-            return
         payload = {"type": "state", "event_type": event, "scope": scope, "key": key,
                    "old_value": old, "new_value": new}
-        task = asyncio.ensure_future(self._dispatch(bindings, payload))
+        if self.feed is not None:
+            self.feed.publish(payload)  # every engine, this one included, dispatches it
+            return
+        self._start_dispatch(payload, None, None)
+
+    def _on_change(self, change_id: str, payload: Any) -> None:
+        """A change made on any engine sharing the redis adapter."""
+        if self.settings.triggers_enabled and isinstance(payload, dict):
+            self._start_dispatch(payload, self.feed, change_id)
+
+    def _start_dispatch(self, payload: dict[str, Any], feed: ChangeFeed | None,
+                        change_id: str | None) -> None:
+        bindings = self.triggers.matching(payload["scope"], payload["key"])
+        if not bindings:
+            return
+        task = asyncio.ensure_future(self._dispatch(bindings, payload, feed, change_id))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _dispatch(self, bindings: list[TriggerConfig[Any]], payload: dict[str, Any]) -> None:
+    async def _dispatch(self, bindings: list[TriggerConfig[Any]], payload: dict[str, Any],
+                        feed: ChangeFeed | None = None, change_id: str | None = None) -> None:
         for binding in bindings:
             if binding.id not in self.triggers.bindings:
                 continue  # unregistered meanwhile: no new deliveries
+            if feed is not None and change_id is not None and not await feed.claim(
+                    change_id, binding_key(binding.namespace, binding.function_id, "state",
+                                           binding.config or {})):
+                continue  # another engine holding the same binding runs it
             try:
                 await fire(self.iii, binding, payload)
             except ConditionFailed as exc:
@@ -199,7 +231,16 @@ class StateWorker:
         if new.adapter != self.settings.adapter:
             store = open_kv(new.adapter.name, new.adapter.config, self.ctx.project_dir,
                             "data/state.db")
-            old, self.store = self.store, store
+            if isinstance(store, RedisKV):
+                try:
+                    await store.link.ping()  # connected first; on failure the old one stays
+                except StorageUnavailable as exc:
+                    await store.close()
+                    raise ValueError(f"config.adapter: {exc}") from None
+            old, old_feed = self.store, self.feed
+            self.store, self.feed = store, self._feed_of(store)
+            if old_feed is not None:
+                await old_feed.close()
             await old.close()
         self.settings = new
 
@@ -207,6 +248,8 @@ class StateWorker:
         for task in list(self.tasks):
             task.cancel()
         await self.iii.shutdown_async()
+        if self.feed is not None:
+            await self.feed.close()
         await self.store.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...storage.redis_link import redis_config
 from .. import settings
 
 WORKER = "iii-stream"
@@ -43,6 +44,8 @@ def parse_settings(config: dict[str, Any], ephemeral: bool) -> StreamSettings:
     # the reference keeps channel_size inside the adapter's config; the top level wins
     adapter.config = dict(adapter.config)  # never edit the caller's mapping
     inner = adapter.config.pop("channel_size", None)
+    if adapter.name == "redis":
+        redis_config(adapter.config)  # refuse a bad redis block before anything starts
     source = config if "channel_size" in config else {"channel_size": inner}
     size = settings.integer(source, "channel_size", None, minimum=1)
     size = DEFAULT_CHANNEL_SIZE if size is None else size

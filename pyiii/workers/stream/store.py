@@ -15,12 +15,25 @@ from typing import Any
 import orjson
 
 from ...storage.kv import KeyValueStore, Updater, open_kv
+from ...storage.redis_kv import RedisKV
+from ...storage.redis_link import redis_config
 from ..settings import Adapter
 from .config import DEFAULT_FILE
 
 
 def scope_of(stream: str, group: str) -> str:
     return orjson.dumps([stream, group]).decode()
+
+
+def redis_hash(scope: str) -> str:
+    """The reference layout ``stream:<stream>:<group>`` (the prefix is added by the adapter);
+    the group index keeps ``list_groups`` exact whatever ``:`` the names hold."""
+    pair = _decode(scope)
+    assert pair is not None, scope
+    return f"stream:{pair[0]}:{pair[1]}"
+
+
+REDIS_INDEX = "stream_groups"  # set of the scopes (JSON pairs) that hold items
 
 
 def _decode(scope: str) -> tuple[str, str] | None:
@@ -39,6 +52,8 @@ class StreamStore:
 
     @classmethod
     def open(cls, adapter: Adapter, project_dir: Path) -> "StreamStore":
+        if adapter.name == "redis":
+            return cls(RedisKV(redis_config(adapter.config), redis_hash, REDIS_INDEX))
         return cls(open_kv(adapter.name, adapter.config, project_dir, DEFAULT_FILE))
 
     async def get(self, stream: str, group: str, item: str) -> tuple[bool, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ...sdk import III, TriggerConfig, TriggerHandler
 from ..conditions import ConditionFailed, passes
@@ -119,16 +119,21 @@ class Triggers:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def fire(self, message: dict[str, Any]) -> None:
-        """Dispatch a change in the background; the writer never waits for handlers."""
+    def fire(self, message: dict[str, Any],
+             claim: Callable[[TriggerConfig[Any]], Awaitable[bool]] | None = None) -> None:
+        """Dispatch a change in the background; the writer never waits for handlers. With
+        ``claim`` (changes shared through redis) a binding runs only if this engine claims it."""
         bindings = self.stream.matching(message)
         if bindings:
-            self._spawn(self._dispatch(bindings, message))
+            self._spawn(self._dispatch(bindings, message, claim))
 
-    async def _dispatch(self, bindings: list[TriggerConfig[Any]], payload: dict[str, Any]) -> None:
+    async def _dispatch(self, bindings: list[TriggerConfig[Any]], payload: dict[str, Any],
+                        claim: Callable[[TriggerConfig[Any]], Awaitable[bool]] | None) -> None:
         for binding in bindings:
             if not self.stream.active(binding):
                 continue  # unregistered meanwhile: no new deliveries
+            if claim is not None and not await claim(binding):
+                continue  # another engine holding the same binding runs it
             try:
                 if await _condition(self.iii, binding, payload):
                     await self.iii.trigger_async(_request(binding, payload))

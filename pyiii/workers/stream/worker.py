@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...sdk import III, InvocationError, register_worker
+from ...sdk import III, InvocationError, TriggerConfig, register_worker
+from ...storage.redis_events import ChangeFeed, binding_key
+from ...storage.redis_kv import RedisKV
 from ..base import WorkerContext
 from ..errors import bad_input, stored
 from ..update_ops import apply_ops, validate_ops
@@ -31,6 +33,15 @@ class StreamWorker:
         self.ctx = ctx
         self.triggers = Triggers(iii)
         self.hub = SocketHub(self)
+        self.feed = self._feed_of(store)
+
+    def _feed_of(self, store: StreamStore) -> ChangeFeed | None:
+        """With redis, every change goes round all engines through ``stream::events`` (§7.6)."""
+        if not isinstance(store.kv, RedisKV):
+            return None
+        feed = ChangeFeed(store.kv.link, "stream::events", self._on_change)
+        feed.start()
+        return feed
 
     @property
     def port(self) -> int:
@@ -178,8 +189,25 @@ class StreamWorker:
     # -- events -----------------------------------------------------------------------------
 
     def _emit(self, message: dict[str, Any]) -> None:
+        if self.feed is not None:
+            self.feed.publish(message)  # every engine, this one included, delivers it
+            return
         self.hub.publish(message)
         self.triggers.fire(message)
+
+    def _on_change(self, change_id: str, message: Any) -> None:
+        """A change made on any engine sharing the redis adapter."""
+        if not isinstance(message, dict):
+            return
+        feed = self.feed
+        self.hub.publish(message)
+
+        async def claim(binding: TriggerConfig[Any]) -> bool:
+            key = binding_key(binding.namespace, binding.function_id, "stream",
+                              binding.config or {})
+            return feed is not None and await feed.claim(change_id, key)
+
+        self.triggers.fire(message, claim)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -196,12 +224,21 @@ class StreamWorker:
         if new.adapter != old.adapter:
             try:
                 store = StreamStore.open(new.adapter, self.ctx.project_dir)
+                if isinstance(store.kv, RedisKV):
+                    try:
+                        await store.kv.link.ping()  # connected first, else the old one stays
+                    except Exception:
+                        await store.close()
+                        raise
             except Exception as exc:
                 log.error("iii-stream: adapter %s failed to open (%s); keeping %s",
                           new.adapter.name, exc, old.adapter.name)
                 new.adapter = old.adapter
             else:
-                previous, self.store = self.store, store
+                previous, old_feed = self.store, self.feed
+                self.store, self.feed = store, self._feed_of(store)
+                if old_feed is not None:
+                    await old_feed.close()
                 await previous.close()
         self.settings = new
 
@@ -209,6 +246,8 @@ class StreamWorker:
         await self.hub.close()  # sockets closing now still spawn their leave bindings
         self.triggers.cancel()
         await self.iii.shutdown_async()
+        if self.feed is not None:
+            await self.feed.close()
         await self.store.close()
 
 
