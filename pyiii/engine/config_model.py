@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from pyiii.engine.firstparty import canonical_name
+from pyiii.engine.rbac_rules import RuleError, parse_rbac
 
 TOP_LEVEL_KEYS = ("workers", "modules", "registries")
 ENTRY_KEYS = ("name", "version", "image", "worker_path", "config", "env", "enabled", "isolation",
               "namespace", "restart", "resources", "stop_timeout_ms", "logs", "sandbox")
 ISOLATIONS = ("auto", "in-process", "process", "namespace")
 RESTART_POLICIES = ("always", "on-failure", "never")
-LISTENER_KEYS = ("port", "host", "middleware_function_id", "rbac", "handshake_timeout_ms")
+LISTENER_KEYS = ("port", "host", "middleware_function_id", "rbac", "handshake_timeout_ms", "token")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 NAME_RULE = ("use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit "
              "(at most 64 characters)")
@@ -132,6 +133,7 @@ class Listener:
     rbac: dict[str, Any] | None = None
     middleware_function_id: str | None = None
     index: int = 0
+    token: str | None = None  # bearer token required from workers (None or "": no token)
 
     @property
     def trusted(self) -> bool:
@@ -191,11 +193,19 @@ class ProjectConfig:
             raise fail("host", "config.host must be a non-empty string")
         if not _is_int(timeout) or timeout <= 0:
             raise fail("handshake_timeout_ms", "config.handshake_timeout_ms must be a positive integer")
-        if rbac is not None and not isinstance(rbac, dict):
-            raise fail("rbac", "config.rbac must be a mapping")
+        if rbac is not None:
+            try:
+                parse_rbac(rbac)  # kept raw (comparable for the reload diff), checked now
+            except RuleError as exc:
+                text = str(exc)
+                raise fail(exc.key, f"config.{text}" if text.startswith(exc.key)
+                           else f"config.{exc.key}: {text}") from None
+        token = cfg.get("token")
+        if token is not None and not isinstance(token, str):
+            raise fail("token", "config.token must be a string (for example ${III_TOKEN:})")
         if middleware is not None and (not isinstance(middleware, str) or not middleware):
             raise fail("middleware_function_id", "config.middleware_function_id must be a function id")
-        return Listener(host, port, timeout, rbac, middleware, index)
+        return Listener(host, port, timeout, rbac, middleware, index, token or None)
 
 
 def _is_int(v: Any) -> bool:

@@ -1,5 +1,10 @@
 """The WebSocket listener (spec §1): routes, limits, liveness, and the WebSocket connection.
 
+A listener with an `rbac` block (or a middleware) authenticates each connection before it is
+registered and gives it a policy (:mod:`pyiii.engine.rbac`); its frames then pass through a
+:class:`~pyiii.engine.rbac_session.Session`. A trusted listener skips all of that: its
+connections have no policy and their frames go straight to the engine.
+
 Built on ``websockets``' asyncio server with the fast message path of :mod:`pyiii.wswire`:
 control messages are handled inside ``data_received`` and replies written without awaiting, so
 forwarding a call creates no task; unsent data is bounded instead (§1.4, 256 MiB, then 1011).
@@ -8,6 +13,7 @@ forwarding a call creates no task; unsent data is bounded instead (§1.4, 256 Mi
 from __future__ import annotations
 
 import asyncio
+import hmac
 import http
 import logging
 from dataclasses import dataclass
@@ -22,6 +28,10 @@ from websockets.protocol import State
 from .. import protocol
 from ..protocol import Close
 from .connection import Connection, FrameTooLarge
+from .rbac import Policy
+from .rbac_rules import RbacSettings, parse_rbac
+from .rbac_session import AUTH_TIMEOUT_S, AuthRefused, Session, auth_error_frame, auth_request, \
+    authenticate
 from ..wswire import DirectServerConnection, write_text
 from .telemetry import handle_telemetry
 
@@ -38,8 +48,9 @@ class ListenerConfig:
     handshake_timeout_ms: int = protocol.HANDSHAKE_TIMEOUT_MS
     ping_interval_s: float = protocol.PING_INTERVAL_S
     ping_timeout_s: float = protocol.PING_TIMEOUT_S
-    rbac: Any = None
+    rbac: Any = None  # the raw `rbac` block (validated here) or RbacSettings
     middleware_function_id: str | None = None
+    token: str | None = None  # bearer token required on `/` and `/otel` (blank: none)
 
 
 class WsConnection(Connection):
@@ -61,6 +72,35 @@ class WsConnection(Connection):
             asyncio.ensure_future(ws.close(code, reason))
 
 
+class PolicyWsConnection(WsConnection):
+    """A connection with a policy: its own ids carry the registration prefix inside the engine
+    and lose it on the way out, so its SDK only ever sees the ids it registered (§8.6)."""
+
+    strip: str | None = None  # "<prefix>::"
+
+    def send(self, frame: dict[str, Any]) -> None:
+        strip = self.strip
+        if strip is not None and frame.get("type") in _STRIPPED:
+            function_id = frame.get("function_id")
+            if isinstance(function_id, str) and function_id.startswith(strip):
+                frame = {**frame, "function_id": function_id[len(strip):]}
+        super().send(frame)
+
+
+_STRIPPED = frozenset({protocol.Frame.INVOKE_FUNCTION, protocol.Frame.TRIGGER_REGISTRATION_RESULT})
+
+
+def _bearer_ok(request: Request, query: str, token: str) -> bool:
+    """The trusted listener's optional token: `Authorization: Bearer <t>` (what the SDKs send
+    from III_TOKEN), or `?token=<t>` for clients that cannot set headers."""
+    given = request.headers.get("Authorization", "")
+    if given[:7].lower() == "bearer ":
+        given = given[7:].strip()
+    else:
+        given = parse_qs(query).get("token", [""])[-1]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def _reject(status: http.HTTPStatus, text: str) -> Response:
     body = (text + "\n").encode()
     headers = Headers([("Content-Type", "text/plain; charset=utf-8"),
@@ -75,6 +115,27 @@ class Listener:
         self.engine = engine
         self.config = config
         self.server: Server | None = None
+        self.rbac: RbacSettings | None = None
+        self.middleware_function_id: str | None = None
+        self.reconfigure(config)
+
+    def reconfigure(self, config: ListenerConfig) -> None:
+        """Apply `rbac` / `middleware_function_id` / `token` changes (hot reload, §8.1): later
+        messages see the new rules; each connection keeps the AuthResult it was given.
+        Raises ``ValueError`` (rules unchanged) for an invalid `rbac` block."""
+        rbac = config.rbac
+        self.rbac = rbac if rbac is None or isinstance(rbac, RbacSettings) else parse_rbac(rbac)
+        if self.rbac is not None and self.rbac.auth_function_id is None:
+            log.warning("the RBAC listener on port %s has no rbac.auth_function_id: every "
+                        "connection may register functions and trigger types; set one on any "
+                        "public listener", config.port)
+        self.middleware_function_id = config.middleware_function_id
+        self.config = config
+
+    @property
+    def guarded(self) -> bool:
+        """Connections here get a policy (RBAC, or at least the middleware)."""
+        return self.rbac is not None or self.middleware_function_id is not None
 
     @property
     def port(self) -> int:
@@ -88,6 +149,7 @@ class Listener:
             process_request=self._route,
             create_connection=DirectServerConnection,
             compression=None,
+            backlog=1024,  # a burst of connections (or a flood) must not overflow the queue
             max_size=protocol.MAX_INBOUND_MESSAGE,
             max_queue=64,
             ping_interval=cfg.ping_interval_s,
@@ -99,14 +161,15 @@ class Listener:
             logger=logging.getLogger("pyiii.engine.websockets"),
         )
 
-    async def close(self, code: int = Close.GOING_AWAY) -> None:
+    async def close(self, code: int = Close.GOING_AWAY,
+                    reason: str = "engine shutting down") -> None:
         """Stop accepting, close every socket with ``code`` and wait for the handlers."""
         if self.server is None:
             return
         server = self.server
         server.close(close_connections=False)
         for ws in list(server.connections):
-            asyncio.ensure_future(ws.close(code, "engine shutting down"))
+            asyncio.ensure_future(ws.close(code, reason))
         # handlers end when their socket closes; one blocked elsewhere (a channel writer
         # waiting for buffer space) is cancelled rather than holding shutdown hostage
         done, pending = await asyncio.wait(server.handler_tasks, timeout=3) \
@@ -125,6 +188,10 @@ class Listener:
         parts = urlsplit(request.path)
         path = parts.path
         if path in ("/", "/otel"):
+            token = self.config.token
+            if token and not _bearer_ok(request, parts.query, token):
+                return _reject(http.HTTPStatus.UNAUTHORIZED, "AUTH_ERROR: missing or wrong bearer "
+                               "token; set III_TOKEN to the engine's token")
             ws.direct = True  # type: ignore[attr-defined]
             return None
         if path.startswith("/ws/channels/"):
@@ -143,10 +210,16 @@ class Listener:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         parts = urlsplit(ws.request.path)
-        if parts.path == "/":
-            await self._control(ws)
-        elif parts.path == "/otel":
-            await self._telemetry(ws)
+        if parts.path in ("/", "/otel"):
+            policy = None
+            if self.guarded:
+                policy = await self._authenticate(ws, parts.query)
+                if policy is None:
+                    return
+            if parts.path == "/":
+                await self._control(ws, policy)
+            else:
+                await self._telemetry(ws)
         else:
             query = parse_qs(parts.query)
             direction = query["dir"][0]
@@ -156,12 +229,38 @@ class Listener:
                 return
             await self.engine.channels.serve(ws, channel, direction)
 
-    async def _control(self, ws: DirectServerConnection) -> None:
+    async def _authenticate(self, ws: DirectServerConnection, query: str) -> Policy | None:
+        """§8.3: the policy of a new connection, or None after refusing it (one AUTH_ERROR
+        frame, close 1008). The handshake deadline bounds the wait too, so connections whose
+        authentication hangs cannot pile up."""
+        assert ws.request is not None
         peer = ws.remote_address
-        conn = WsConnection(ws, peer[0] if peer else None)
+        request = auth_request(ws.request.headers.raw_items(), query, peer[0] if peer else None)
+        timeout = min(AUTH_TIMEOUT_S, self.config.handshake_timeout_ms / 1000)
+        try:
+            auth = await authenticate(self.engine, self, request, timeout)
+        except AuthRefused as exc:
+            log.warning("refused connection from %s: %s", request["ip_address"], exc)
+            write_text(ws, protocol.encode(auth_error_frame(str(exc))))
+            await ws.close(Close.POLICY, "authentication failed")
+            return None
+        return Policy(self.engine, self, auth)
+
+    async def _control(self, ws: DirectServerConnection, policy: Policy | None = None) -> None:
+        peer = ws.remote_address
         engine = self.engine
+        session = None
+        if policy is None:
+            conn: Connection = WsConnection(ws, peer[0] if peer else None)
+            handle = engine.handle
+        else:
+            conn = PolicyWsConnection(ws, peer[0] if peer else None)
+            conn.policy = policy
+            if policy.prefix is not None:
+                conn.strip = policy.prefix + "::"
+            session = Session(engine, conn, policy)
+            handle = lambda _conn, frame: session.feed(frame)  # noqa: E731
         engine.accept(conn)
-        handle = engine.handle
         decode = protocol.decode
         prefixes = protocol.TELEMETRY_PREFIXES
 
@@ -186,6 +285,8 @@ class Listener:
             ws.start_delivery(on_message)
             await ws.wait_closed()
         finally:
+            if session is not None:
+                session.stop()
             engine.disconnect(conn)
 
     async def _telemetry(self, ws: DirectServerConnection) -> None:
@@ -195,3 +296,43 @@ class Listener:
 
         ws.start_delivery(on_message)
         await ws.wait_closed()
+
+
+async def apply_listener_configs(engine: "Engine", running: list[Listener],
+                                 configs: list[ListenerConfig]) -> list[Listener]:
+    """Hot reload of the listeners (spec/workers.md §8.1), entry by entry in order.
+
+    Same address: rules, middleware and token change in place (later messages see them; open
+    connections keep their AuthResult). New address: the new listener binds first (on failure
+    the old one keeps serving and the error is logged), then the old one closes with 1012 so
+    SDKs reconnect. Entries gone: closed with 1001. Raises nothing; returns the running set.
+    """
+    result: list[Listener] = []
+    for index, config in enumerate(configs):
+        old = running[index] if index < len(running) else None
+        if old is not None and (old.config.host, old.config.port) == (config.host, config.port):
+            try:
+                old.reconfigure(config)
+            except ValueError as exc:
+                log.error("listener %s:%s keeps its previous rules: %s", config.host,
+                          config.port, exc)
+            result.append(old)
+            continue
+        try:
+            fresh = Listener(engine, config)
+            await fresh.start()
+        except (OSError, ValueError) as exc:
+            log.error("cannot listen on %s:%s: %s%s", config.host, config.port, exc,
+                      "; the previous listener keeps serving" if old is not None else "")
+            if old is not None:
+                result.append(old)
+            continue
+        result.append(fresh)
+        if old is not None:
+            log.info("listener moved from %s:%s to %s:%s", old.config.host, old.config.port,
+                     config.host, fresh.port)
+            await old.close(Close.RESTART, "listener moved; reconnect")
+    for old in running[len(configs):]:
+        log.info("listener %s:%s removed", old.config.host, old.config.port)
+        await old.close(Close.GOING_AWAY, "listener removed")
+    return result

@@ -1,5 +1,9 @@
 """Registration frames, the worker register call and reattach (spec §2.3, §2.5, §3.5-§3.11).
 
+Frames from an RBAC connection arrive here already gated and rewritten by
+:mod:`pyiii.engine.rbac_session` (hooks, prefix, trigger targets); only the namespace a register
+call declares is checked here, because it is part of the call's answer.
+
 Everything here runs synchronously inside ``Engine.handle`` so that a registration is fully
 applied before the connection's next frame is read.
 """
@@ -68,10 +72,6 @@ class Registrations:
         if function_id.startswith("engine::") and namespace != DEFAULT_NAMESPACE:
             return refuse("", f"'{function_id}': engine::* ids may only be registered in the "
                               f"\"default\" namespace, not in '{namespace}'")
-        if conn.policy is not None:
-            denial = conn.policy.check_register_function(function_id, frame)
-            if denial is not None:
-                return refuse("", denial)
         existing = engine.functions.get(namespace, function_id)
         if existing is not None and existing.owner is not conn and existing.owner is not None \
                 and existing.owner.live:
@@ -112,11 +112,6 @@ class Registrations:
             log.warning("refused trigger type %s from %s: provided by the engine itself",
                         type_id, conn.label())
             return
-        if conn.policy is not None:
-            denial = conn.policy.check_register_trigger_type(type_id)
-            if denial is not None:
-                log.warning("refused trigger type %s from %s: %s", type_id, conn.label(), denial)
-                return
         description = frame.get("description")
         self.engine.triggers.register_type(
             conn, (namespace or conn.namespace or DEFAULT_NAMESPACE, type_id),
@@ -144,10 +139,6 @@ class Registrations:
         if protocol.is_blank(namespace) or protocol.is_blank(trigger_namespace):
             return refuse(Code.INVALID_NAMESPACE, "namespace and trigger_namespace must not be blank")
         target_ns = namespace or DEFAULT_NAMESPACE
-        if conn.policy is not None:
-            denial = conn.policy.check_register_trigger(trigger_type, function_id, target_ns)
-            if denial is not None:
-                return refuse(Code.FORBIDDEN, denial)
         binding = Binding(trigger_id, trigger_type, function_id, frame.get("config"),
                           frame.get("metadata"), conn, target_ns, trigger_namespace,
                           conn.namespace or DEFAULT_NAMESPACE)
@@ -214,6 +205,9 @@ class Registrations:
         conn.info = _worker_info(data, name)
         if conn.transport == "in-process":
             conn.info.isolation = "in-process"  # the engine knows; never trust a claim here
+        else:  # the supervisor's record for a managed worker; null for one that came on its own
+            managed = getattr(engine, "managed_isolation", None) or {}
+            conn.info.isolation = managed.get(name) if name is not None else None
         if LARGE_MESSAGES_FEATURE in conn.info.features or conn.info.runtime in \
                 protocol.LARGE_MESSAGE_RUNTIMES:
             conn.recipient_limit = protocol.LARGE_RECIPIENT_LIMIT

@@ -69,19 +69,21 @@ def parse_call(frame: dict[str, Any]) -> CallFrame:
                 raise InvalidFrame("action.queue", "must be a non-empty string")
         elif kind != "void":
             raise InvalidFrame("action", "must be {\"type\":\"void\"} or {\"type\":\"enqueue\",\"queue\":…}")
-    namespace = protocol.opt_str(frame, "namespace")
-    return CallFrame(
-        function_id=function_id,
-        data=frame.get("data"),
-        reply_id=invocation_id or None,
-        namespace=DEFAULT_NAMESPACE if namespace is None else namespace,
-        metadata=frame.get("metadata"),
-        traceparent=protocol.opt_str(frame, "traceparent"),
-        baggage=protocol.opt_str(frame, "baggage"),
-        caller_extra=frame.get("caller"),
-        action=kind,
-        queue=queue,
-    )
+    get = frame.get
+    namespace = get("namespace")
+    traceparent = get("traceparent")
+    baggage = get("baggage")
+    if namespace is None:
+        namespace = DEFAULT_NAMESPACE
+    elif namespace.__class__ is not str:
+        namespace = protocol.opt_str(frame, "namespace")  # raises for a non-string
+    if traceparent is not None and traceparent.__class__ is not str:
+        protocol.opt_str(frame, "traceparent")
+    if baggage is not None and baggage.__class__ is not str:
+        protocol.opt_str(frame, "baggage")
+    # positional: this runs for every call
+    return CallFrame(function_id, get("data"), invocation_id or None, namespace,
+                     get("metadata"), traceparent, baggage, get("caller"), kind, queue)
 
 
 class Router:
@@ -98,10 +100,8 @@ class Router:
         if protocol.is_blank(call.namespace):
             return self._fail(conn, call, reply_id, protocol.error_body(
                 Code.INVALID_NAMESPACE, "namespace must not be blank; omit it for \"default\""))
-        if conn.policy is not None:  # RBAC listener connection
-            denial = conn.policy.check_invoke(call.function_id, call.namespace)
-            if denial is not None:
-                return self._fail(conn, call, reply_id, denial)
+        if conn.policy is not None and conn.policy.intercept(conn, call, reply_id):
+            return  # RBAC listener: denied, or diverted to the listener's middleware
         if call.action == "enqueue":
             return self._spawn(self._enqueue(conn, call, reply_id))
         entry = self.functions.get(call.namespace, call.function_id)
@@ -134,20 +134,24 @@ class Router:
             frame["baggage"] = call.baggage
         if caller is not None:
             frame["caller"] = _caller_block(caller, call.caller_extra)
-        try:
-            callee.send(frame)
-        except FrameTooLarge as exc:
-            error = protocol.error_body(Code.PAYLOAD_TOO_LARGE, exc.describe("the invocation"))
-            if future is not None:
-                future.set_exception(CallError.from_body(error))
-            else:
-                self._fail(caller, call, reply_id, error)
-            return
+        # the leg exists before the frame goes out: an in-process worker may answer inside send
         leg = Leg(leg_id, entry.function_id, callee, caller, reply_id, call.function_id, future)
         self.legs[leg_id] = leg
         callee.legs_in.add(leg_id)
         if caller is not None:
             caller.legs_out.add(leg_id)
+        try:
+            callee.send(frame)
+        except FrameTooLarge as exc:
+            self.legs.pop(leg_id, None)
+            callee.legs_in.discard(leg_id)
+            if caller is not None:
+                caller.legs_out.discard(leg_id)
+            error = protocol.error_body(Code.PAYLOAD_TOO_LARGE, exc.describe("the invocation"))
+            if future is not None:
+                future.set_exception(CallError.from_body(error))
+            else:
+                self._fail(caller, call, reply_id, error)
 
     def result(self, conn: Connection, frame: dict[str, Any]) -> None:
         leg_id = frame.get("invocation_id")
