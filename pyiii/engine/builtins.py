@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from .. import protocol
 from ..protocol import DEFAULT_NAMESPACE, Code
 from . import introspection as intro
+from . import logs
 from .errors import CallError, bad_input
 from .triggers import Binding
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 DURABLE_ACK_TIMEOUT_S = 10.0
 log = logging.getLogger("pyiii.engine")
-worker_log = logging.getLogger("pyiii.worker")
 
 _LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO,
            "warn": logging.WARNING, "error": logging.ERROR}
@@ -128,8 +128,14 @@ def _logger(level: str) -> Any:
         if data.get("data") is not None:
             extras.append(f"data={protocol.encode(data['data']).decode()}")
         who = ctx.caller.label() if ctx.caller is not None else "engine"
-        worker_log.log(number, "%s%s%s", message, " " if extras else "", " ".join(extras),
-                       extra={"component": who})
+        service = data.get("service_name")
+        if not isinstance(service, str):
+            service = ctx.caller.name if ctx.caller is not None else None
+        ids = {key: value if isinstance(value, str) else None
+               for key in ("trace_id", "span_id") for value in [data.get(key)]}
+        logs.worker_record(number, message or "", component=who, service_name=service,
+                           attributes=data.get("data"), line=" ".join([message or "", *extras]),
+                           **ids)
         return None
 
     return write
