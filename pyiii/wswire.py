@@ -7,7 +7,8 @@ that costs more than the routing itself. Here, once a connection is open:
 - complete, unfragmented data frames are parsed directly in ``data_received`` and handed to
   ``on_message`` synchronously; pings are answered and pongs acknowledged the same way;
 - text messages are framed here and written without awaiting; frames produced while a
-  ``data_received`` call runs go out with one system call per connection when it returns.
+  ``data_received`` call runs go out with one system call per connection when it returns,
+  frames written by tasks (32 callers each sending a call) at the next turn of the loop.
 
 Anything unusual (a close frame, a fragmented or compressed message, one over the size limit)
 hands the connection back to the library, which then handles the rest of it as usual: close
@@ -63,6 +64,7 @@ class _BufferedEntropy:
 _entropy = _BufferedEntropy()
 websockets.frames.secrets = _entropy  # type: ignore[attr-defined]
 
+FLUSH_EVERY = 64  # frames held back at most before a write
 _dirty: list[Any] = []  # connections written to during the current data_received
 _batching = False
 
@@ -189,6 +191,16 @@ class DirectDelivery:
         else:
             super().process_event(event)  # type: ignore[misc]
 
+    def send_data(self) -> None:
+        """The library's own writes (pongs, close frames) go after our frames not yet flushed."""
+        out = self._out
+        if out:
+            self._out = None
+            transport = self.transport  # type: ignore[attr-defined]
+            if transport is not None and not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+        super().send_data()  # type: ignore[misc]
+
     def _deliver(self, payload: bytes, text: bool) -> None:
         handler = self.on_message
         if handler is None:
@@ -206,11 +218,28 @@ class DirectDelivery:
 
 
 def _mark_dirty(ws: Any) -> None:
-    if _batching:
-        if not ws._flush_pending:
-            ws._flush_pending = True
+    if not ws._flush_pending:
+        ws._flush_pending = True
+        if _batching:
             _dirty.append(ws)
-    else:
+        else:
+            # written from a task (a caller's trigger): when other callbacks are ready to run
+            # in this turn of the loop (32 callers, each sending a call), flush after them, so
+            # their frames go out in one system call; alone, flush now (no added latency)
+            loop = ws.loop
+            if not getattr(loop, "_ready", True):
+                ws._flush_pending = False
+                _flush(ws)
+                return
+            try:
+                loop.call_soon(_flush_later, ws)
+            except RuntimeError:  # the loop is closed: nothing will ever be sent
+                ws._flush_pending = False
+
+
+def _flush_later(ws: Any) -> None:
+    if ws._flush_pending:
+        ws._flush_pending = False
         _flush(ws)
 
 
@@ -257,7 +286,10 @@ def _text_frame(data: bytes, client: bool) -> bytes:
 
 
 def write_text(ws: ServerConnection | ClientConnection, data: bytes) -> bool:
-    """Write one text message now (or at the end of the current read); False if not open.
+    """Queue one text message; False if not open. It goes out at the end of the current read
+    when written while handling one, else at the next turn of the loop (one system call for
+    every frame written to the connection in between); the library's own frames (close, pong)
+    always go after it.
 
     Messages above 16 MiB are sent as fragments of at most 1 MiB, cut on UTF-8 boundaries.
     """
@@ -271,6 +303,11 @@ def write_text(ws: ServerConnection | ClientConnection, data: bytes) -> bool:
             ws._out = [frame]  # type: ignore[union-attr]
         else:
             out.append(frame)
+            if len(out) >= FLUSH_EVERY:
+                # a long burst goes out in slices: the peer starts on the first frames while
+                # this side still produces the others
+                _flush(ws)
+                return True
         _mark_dirty(ws)
         return True
     _flush(ws)  # earlier frames first: order is kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .. import protocol
 from ..protocol import Close
 
 log = logging.getLogger("pyiii.engine.channels")
@@ -31,11 +31,34 @@ _CLEAN_END = object()
 _BROKEN_END = object()
 
 
+class _RandomIds:
+    """UUIDv4-shaped ids and access keys from the OS's strong random source, read 4 KiB at a
+    time: iii-http makes two channels (four ids) per request, and a system call each showed."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at + 16 > len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        raw = bytearray(self._pool[at:at + 16])
+        self._at = at + 16
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_new_id = _RandomIds()
+
+
 @dataclass(eq=False)
 class Channel:
     id: str
     key: str
-    items: asyncio.Queue[Any]
+    size: int  # buffer size, in messages
     created: float = field(default_factory=time.monotonic)
     writer: ServerConnection | None = None
     reader: ServerConnection | None = None
@@ -43,6 +66,20 @@ class Channel:
     reader_taken: bool = False
     writer_done: bool = False
     reader_done: bool = False
+    writer_waiter: asyncio.Future[None] | None = None  # resolved when the writer end is claimed
+    _items: asyncio.Queue[Any] | None = None
+    _preloaded: list[Any] | None = None  # what ``preload`` put in before there was a queue
+
+    @property
+    def items(self) -> asyncio.Queue[Any]:
+        """The bounded buffer between the ends, made on first use (most channels of iii-http
+        requests are never read)."""
+        if self._items is None:
+            self._items = asyncio.Queue(self.size)
+            for item in self._preloaded or ():
+                self._items.put_nowait(item)
+            self._preloaded = None
+        return self._items
 
     def ref(self, direction: str) -> dict[str, str]:
         return {"channel_id": self.id, "access_key": self.key, "direction": direction}
@@ -56,7 +93,7 @@ class ChannelHub:
 
     def create(self, buffer_size: int | None) -> Channel:
         size = DEFAULT_BUFFER if buffer_size is None else min(max(buffer_size, 1), MAX_BUFFER)
-        channel = Channel(protocol.new_id(), protocol.new_id(), asyncio.Queue(size))
+        channel = Channel(_new_id(), _new_id(), size)
         self.channels[channel.id] = channel
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -80,11 +117,66 @@ class ChannelHub:
             if channel.writer_taken:
                 return None
             channel.writer_taken = True
+            waiter = channel.writer_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         else:
             if channel.reader_taken:
                 return None
             channel.reader_taken = True
         return channel
+
+    # -- the owner's shortcuts (in-process owners: no socket, no invocation) ----------------
+
+    def writer_claimed(self, channel_id: str) -> asyncio.Future[None]:
+        """A future resolved once someone claims the writing end (already resolved if done)."""
+        channel = self.channels.get(channel_id)
+        waiter = channel.writer_waiter if channel is not None else None
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            if channel is None or channel.writer_taken:
+                waiter.set_result(None)
+            else:
+                channel.writer_waiter = waiter
+        return waiter
+
+    def preload(self, channel_id: str, data: bytes) -> bool:
+        """Write ``data`` and end the stream without a writer socket; False when the writing
+        end is taken or the buffer has no room (use a writer then)."""
+        channel = self.channels.get(channel_id)
+        if channel is None or channel.writer_taken or channel._items is not None:
+            return False
+        if channel.size < (2 if data else 1):
+            return False
+        channel.writer_taken = channel.writer_done = True
+        channel._preloaded = [data, _CLEAN_END] if data else [_CLEAN_END]
+        return True
+
+    def retire(self, channel_id: str) -> None:
+        """The owner is done with the channel: an end nobody claimed is closed off (a writer
+        still attached is told the reader went away), and the channel is forgotten as soon as
+        no end is attached. An end someone holds keeps working until it is done."""
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            return
+        if not channel.reader_taken:
+            channel.reader_taken = channel.reader_done = True
+            channel._preloaded = None  # nobody will read them
+            items = channel._items
+            while items is not None and not items.empty():
+                items.get_nowait()
+            writer = channel.writer
+            if channel.writer_taken and not channel.writer_done and writer is not None:
+                task = asyncio.ensure_future(writer.close(Close.INTERNAL, "channel reader went away"))
+                self.local_tasks.add(task)
+                task.add_done_callback(self.local_tasks.discard)
+        if not channel.writer_taken:
+            channel.writer_taken = channel.writer_done = True
+            waiter = channel.writer_waiter
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+        if channel.writer_done and channel.reader_done:
+            self.channels.pop(channel.id, None)
 
     async def serve(self, ws: ServerConnection, channel: Channel, direction: str) -> None:
         try:

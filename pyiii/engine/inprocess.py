@@ -65,6 +65,11 @@ class LocalTransport:
             raise TransportClosed(None, "in-process connection closed")
         self._engine.handle(self._conn, frame)
 
+    def send_nowait(self, frame: dict[str, Any]) -> None:
+        if self._closed or self._conn.closing:
+            raise TransportClosed(None, "in-process connection closed")
+        self._engine.handle(self._conn, frame)
+
     async def recv(self) -> dict[str, Any]:
         frame = await self._conn.inbox.get()
         if frame is _CLOSED:
@@ -107,4 +112,6 @@ def local_connector(engine: "Engine") -> Any:
         return open_local_end(engine.channels, url)
 
     connect.open_channel = open_channel  # type: ignore[attr-defined]
+    # in-process workers create channels without an engine::channels::create round trip
+    connect.channel_hub = engine.channels  # type: ignore[attr-defined]
     return connect

@@ -93,22 +93,40 @@ async def _open_websocket(url: str, headers: dict[str, str] | None) -> Any:
 
 
 class _ChannelEnd:
-    """Lazy socket shared by both ends: opened once, under a lock, on first use."""
+    """Lazy socket shared by both ends: opened once, under a lock, on first use. Every ref in
+    a payload becomes one of these, used or not (an HTTP handler gets two), so the URL, the
+    lock and the stream facade are only made when first needed."""
 
     def __init__(self, engine_ws_base: str, ref: dict[str, Any], direction: str,
                  headers: dict[str, str] | None, opener: SocketOpener | None,
                  loop: asyncio.AbstractEventLoop | None) -> None:
-        self.ref = StreamChannelRef.of(ref)
+        self._ref = ref
+        self._typed_ref: StreamChannelRef | None = None
         # the client's loop: lets sync handlers (executor threads) use fire-and-forget ops
         self._loop = loop
-        self._url = build_channel_url(engine_ws_base, ref["channel_id"], ref["access_key"], direction)
+        self._base = engine_ws_base
+        self._direction = direction
         self._headers = headers
         self._opener = opener or _open_websocket
         self._ws: Any = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
+        self._stream: Any = None
+
+    @property
+    def ref(self) -> StreamChannelRef:
+        if self._typed_ref is None:
+            self._typed_ref = StreamChannelRef.of(self._ref)
+        return self._typed_ref
+
+    @property
+    def _url(self) -> str:
+        ref = self._ref
+        return build_channel_url(self._base, ref["channel_id"], ref["access_key"], self._direction)
 
     async def _socket(self) -> Any:
         if self._ws is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
             async with self._lock:
                 if self._ws is None:
                     self._ws = await self._opener(self._url, self._headers)
@@ -126,7 +144,12 @@ class ChannelWriter(_ChannelEnd):
         super().__init__(engine_ws_base, ref, "write", headers, opener, loop)
         self._tail: asyncio.Future[Any] | None = None
         self._closed = False
-        self.stream = WritableStream(self)
+
+    @property
+    def stream(self) -> "WritableStream":
+        if self._stream is None:
+            self._stream = WritableStream(self)
+        return self._stream
 
     def _enqueue(self, op: Callable[[], Awaitable[None]]) -> Any:
         try:
@@ -202,7 +225,12 @@ class ChannelReader(_ChannelEnd):
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(engine_ws_base, ref, "read", headers, opener, loop)
         self._callbacks: list[Callable[[str], Any]] = []
-        self.stream = ReadableStream(self)
+
+    @property
+    def stream(self) -> "ReadableStream":
+        if self._stream is None:
+            self._stream = ReadableStream(self)
+        return self._stream
 
     def on_message(self, callback: Callable[[str], Any]) -> None:
         self._callbacks.append(callback)
@@ -241,8 +269,16 @@ class WritableStream:
     def __init__(self, writer: ChannelWriter) -> None:
         self._writer = writer
 
-    def write(self, data: bytes) -> "asyncio.Future[None]":
-        return asyncio.ensure_future(self._writer.write(data))
+    def write(self, data: bytes) -> Any:
+        writer = self._writer
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if writer._loop is not None and running is not writer._loop:
+            # a sync handler's thread: run on the client loop (FIFO keeps it before a close)
+            return asyncio.run_coroutine_threadsafe(writer.write(data), writer._loop)
+        return asyncio.ensure_future(writer.write(data))
 
     def end(self, data: bytes | None = None) -> "asyncio.Future[None]":
         if data is not None:
@@ -272,13 +308,15 @@ class Channel:
 
 def resolve_channel_refs(data: Any, make: Callable[[dict[str, Any]], Any]) -> Any:
     """Replace every ChannelRef anywhere in ``data`` with ``make(ref)``; containers without
-    refs are returned as the same objects (no copy on the hot path)."""
+    refs are returned as the same objects (no copy on the hot path). Runs on every incoming
+    invocation, so empty containers are skipped and the full ref test only runs on dicts that
+    have a ``channel_id``."""
     if isinstance(data, dict):
-        if is_channel_ref(data):
+        if "channel_id" in data and is_channel_ref(data):
             return make(data)
         out = None
         for key, value in data.items():
-            if isinstance(value, (dict, list)):
+            if isinstance(value, (dict, list)) and value:
                 new = resolve_channel_refs(value, make)
                 if new is not value:
                     if out is None:
@@ -288,7 +326,7 @@ def resolve_channel_refs(data: Any, make: Callable[[dict[str, Any]], Any]) -> An
     if isinstance(data, list):
         out_list = None
         for i, value in enumerate(data):
-            if isinstance(value, (dict, list)):
+            if isinstance(value, (dict, list)) and value:
                 new = resolve_channel_refs(value, make)
                 if new is not value:
                     if out_list is None:

@@ -19,10 +19,11 @@ import threading
 import warnings
 from typing import Any, Callable
 
-from pyiii.protocol import DEFAULT_NAMESPACE, Frame, IdSequence, new_id
+from pyiii.protocol import Frame, IdSequence, new_id
 
 from .channels import Channel, ChannelReader, ChannelWriter, StreamChannelRef, resolve_channel_refs
-from .connection import ConnectionCore, _Function, _Pending, _TriggerType
+from .calls import Calls
+from .connection import _Function, _TriggerType
 from .errors import InvocationError
 from .invoke import make_invoker, request_format_of, response_format_of, to_json_value
 from .transport import websocket_connector
@@ -33,8 +34,6 @@ from .types import (
     IIIConnectionState,
     InitOptions,
     ReconnectionConfig,
-    TriggerRequest,
-    action_to_wire,
     as_mapping,
     format_to_wire,
     http_invocation_to_wire,
@@ -45,11 +44,10 @@ __all__ = ["III"]
 
 log = logging.getLogger("pyiii.sdk")
 
-_BUILTIN_PREFIXES = ("engine::", "configuration::")
 CONNECT_WAIT_S = 30.0
 
 
-class III(ConnectionCore):
+class III(Calls):
     """A worker's link to the engine. Prefer ``register_worker`` to build one."""
 
     def __init__(self, address: str, options: InitOptions | None = None) -> None:
@@ -315,80 +313,6 @@ class III(ConnectionCore):
 
         return Trigger(unregister, trigger_id)
 
-    # -- calls --------------------------------------------------------------------------
-
-    def _call_namespace(self, explicit: str | None, what: str) -> str | None:
-        if explicit is not None:
-            if not isinstance(explicit, str) or not explicit.strip():
-                raise ValueError(f"{what} is blank: name a namespace or leave it unset")
-            return explicit
-        return self._namespace
-
-    def trigger(self, request: dict[str, Any] | TriggerRequest) -> Any:
-        """Blocking call (own-loop mode, or any thread but the client's loop)."""
-        self._refuse_on_loop("trigger", "trigger_async")
-        return asyncio.run_coroutine_threadsafe(self._trigger_here(request), self._loop).result()
-
-    async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
-        """Call a function: its result; ``None`` for Void; ``{"messageReceiptId"}`` for
-        Enqueue. Raises ``InvocationError`` (``TIMEOUT`` when no answer in time)."""
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is self._loop:
-            return await self._trigger_here(request)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-            self._trigger_here(request), self._loop))
-
-    async def _trigger_here(self, request: Any) -> Any:
-        if self._fatal is not None:
-            raise self._fatal
-        if isinstance(request, dict):
-            get = request.get
-        else:
-            def get(key: str, default: Any = None) -> Any:
-                return getattr(request, key, default)
-        function_id = get("function_id")
-        if not isinstance(function_id, str) or not function_id:
-            raise ValueError("trigger request needs a function_id")
-        explicit_ns = get("namespace")
-        if explicit_ns is None and function_id.startswith(_BUILTIN_PREFIXES):
-            namespace: str | None = DEFAULT_NAMESPACE
-        else:
-            namespace = self._call_namespace(explicit_ns, "TriggerRequest.namespace")
-        frame: dict[str, Any] = {"type": Frame.INVOKE_FUNCTION, "function_id": function_id,
-                                 "data": to_json_value(get("payload"))}
-        metadata = get("metadata")
-        if metadata is not None:
-            frame["metadata"] = metadata
-        for key in ("traceparent", "baggage"):  # W3C trace context, relayed by the engine
-            value = get(key)
-            if value is not None:
-                frame[key] = value
-        if namespace is not None:
-            frame["namespace"] = namespace
-        action = action_to_wire(get("action"))
-        if action is not None:
-            frame["action"] = action
-            if action["type"] == "void":
-                await self._send(frame)
-                return None
-        timeout_ms = get("timeout_ms") or self._timeout_ms
-        inv_id = self._next_call_id()
-        frame["invocation_id"] = inv_id
-        loop = self._loop
-        future = loop.create_future()
-        timer = loop.call_later(timeout_ms / 1000, self._expire, inv_id, timeout_ms)
-        self._pending[inv_id] = _Pending(future, timer, function_id)
-        try:
-            await self._send(frame)
-            return await future
-        finally:
-            if not future.done():  # cancelled by the caller, or the send failed
-                timer.cancel()
-                self._pending.pop(inv_id, None)
-
     # -- channels -----------------------------------------------------------------------
 
     def create_channel(self, buffer_size: int | None = None) -> Channel:
@@ -398,9 +322,22 @@ class III(ConnectionCore):
     async def create_channel_async(self, buffer_size: int | None = None) -> Channel:
         return await self._bridge(self._create_channel_here(buffer_size))
 
+    @property
+    def channel_hub(self) -> Any:
+        """The engine's channel hub when this client runs in the engine's process (the
+        in-process connector provides it), else None. pyiii addition: lets first-party workers
+        create, feed and retire channels without a round trip or a socket."""
+        return getattr(self._options.connector, "channel_hub", None)
+
     async def _create_channel_here(self, buffer_size: int | None) -> Channel:
-        refs = await self._trigger_here({"function_id": "engine::channels::create",
-                                         "payload": {"buffer_size": buffer_size}})
+        hub = self.channel_hub
+        if hub is not None and (buffer_size is None or (
+                isinstance(buffer_size, int) and not isinstance(buffer_size, bool))):
+            made = hub.create(buffer_size)
+            refs = {"writer": made.ref("write"), "reader": made.ref("read")}
+        else:
+            refs = await self._trigger_here({"function_id": "engine::channels::create",
+                                             "payload": {"buffer_size": buffer_size}})
         writer_ref, reader_ref = StreamChannelRef.of(refs["writer"]), StreamChannelRef.of(refs["reader"])
         return Channel(writer=self.channel_end(writer_ref), reader=self.channel_end(reader_ref),
                        writer_ref=writer_ref, reader_ref=reader_ref)

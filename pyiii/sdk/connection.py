@@ -10,8 +10,12 @@ Why the structure:
 - While a fresh link replays, new frames go to a replay buffer flushed right after, so
   the engine sees: reattach, trigger types, functions, triggers, queued frames, then the
   ``engine::workers::register`` call (spec §2.2).
-- Calls are futures keyed by invocation id with a loop timer for the timeout: no task
-  per call; a result frame resolves its future synchronously in the read loop.
+- Calls are futures keyed by invocation id, with timeouts kept by ``Deadlines`` (one timer
+  per distinct timeout, not per call): no task per call; a result frame resolves its future
+  synchronously in the read loop.
+- An incoming invocation runs its handler at once (``eager.start``) and gets a task only if
+  the handler has to wait, so a handler that answers straight away costs no task and no
+  extra turn of the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any, Callable
 
 from pyiii.protocol import HANDSHAKE_TIMEOUT_MS, Code, Frame
 
+from . import eager
+from .deadlines import Deadlines
 from .errors import InvocationError, RegistrationRejectedError, error_from_wire
 from .invoke import Invoker, error_body_for
 from .transport import Transport, TransportClosed
@@ -52,11 +58,11 @@ class _TriggerType:
 
 
 class _Pending:
-    __slots__ = ("future", "timer", "function_id")
+    __slots__ = ("future", "timeout_ms", "function_id")
 
-    def __init__(self, future: asyncio.Future[Any], timer: asyncio.TimerHandle, function_id: str) -> None:
+    def __init__(self, future: asyncio.Future[Any], timeout_ms: int, function_id: str) -> None:
         self.future = future
-        self.timer = timer
+        self.timeout_ms = timeout_ms
         self.function_id = function_id
 
 
@@ -76,6 +82,8 @@ class ConnectionCore:
         self._triggers: dict[str, dict[str, Any]] = {}
         self._queue: list[dict[str, Any]] = []
         self._pending: dict[str, _Pending] = {}
+        self._deadlines = Deadlines(self._loop, self._expire)
+        self._sync_streak = 0  # calls answered synchronously in this turn of the loop
         self._link: Transport | None = None
         self._replay_buf: list[tuple[dict[str, Any], bool]] | None = None
         self._state: IIIConnectionState = "disconnected"
@@ -123,8 +131,8 @@ class ConnectionCore:
 
     def _fail_pending(self, exc_factory: Callable[[str, str], Exception]) -> None:
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
         for inv_id, p in pending.items():
-            p.timer.cancel()
             if not p.future.done():
                 p.future.set_exception(exc_factory(inv_id, p.function_id))
 
@@ -148,6 +156,18 @@ class ConnectionCore:
                 self._queue.append(frame)
             else:
                 log.warning("offline queue full (%d frames): dropping %s", MAX_QUEUE_SIZE, frame.get("type"))
+
+    def _send_now(self, frame: dict[str, Any]) -> bool:
+        """Write ``frame`` synchronously when the live link can (no coroutine per frame);
+        False: use ``_send``. Encoding errors propagate as from ``_send``."""
+        send_now = getattr(self._link, "send_nowait", None)
+        if send_now is None:
+            return False
+        try:
+            send_now(frame)
+        except TransportClosed:
+            return False
+        return True
 
     def _send_registration(self, frame: dict[str, Any]) -> None:
         """Loop thread only. A registration change made while offline needs no frame."""
@@ -275,7 +295,7 @@ class ConnectionCore:
         if kind == Frame.INVOCATION_RESULT:
             self._on_result(frame)
         elif kind == Frame.INVOKE_FUNCTION:
-            self._spawn(self._on_invoke(frame))
+            eager.start(self._loop, self._on_invoke(frame), self._tasks)
         elif kind == Frame.REGISTER_TRIGGER or kind == Frame.UNREGISTER_TRIGGER:
             self._on_trigger_op(frame)
         elif kind == Frame.PING:
@@ -297,7 +317,7 @@ class ConnectionCore:
         pending = self._pending.pop(inv_id, None)  # type: ignore[arg-type]
         if pending is None:
             return  # late answer after a timeout, or not ours
-        pending.timer.cancel()
+        self._deadlines.discard(inv_id, pending.timeout_ms)  # type: ignore[arg-type]
         if pending.future.done():
             return
         error = frame.get("error")
@@ -354,7 +374,8 @@ class ConnectionCore:
         if not inv_id:
             return
         try:
-            await self._send(reply)
+            if not self._send_now(reply):
+                await self._send(reply)
         except (TypeError, ValueError) as exc:  # the result could not be encoded
             reply.pop("result", None)
             reply["error"] = {"code": Code.INVOCATION_FAILED,
@@ -367,7 +388,13 @@ class ConnectionCore:
         """Run provider callbacks for one binding id strictly in arrival order."""
         trigger_id = str(frame.get("id", ""))
         previous = self._trigger_ops.get(trigger_id)
-        task = self._loop.create_task(self._trigger_op(frame, previous))
+        if previous is not None and not previous.done():
+            task: asyncio.Task[None] | None = self._loop.create_task(self._trigger_op(frame, previous))
+        else:  # run at once, like invocations, so both keep their arrival order
+            task = eager.start(self._loop, self._trigger_op(frame, None), self._tasks)
+            if task is None:
+                self._trigger_ops.pop(trigger_id, None)
+                return
         self._trigger_ops[trigger_id] = task
 
         def done(t: asyncio.Task[None]) -> None:

@@ -40,6 +40,8 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
+    # Optional: ``send_nowait(frame)``, a synchronous ``send`` (same errors), used on the
+    # per-call path when present.
     # Optional: ``async run(dispatch)`` delivers every later frame by calling ``dispatch``
     # until the link ends (then raises TransportClosed); used instead of a ``recv`` loop.
 
@@ -79,6 +81,11 @@ class WebSocketTransport:
         return TransportClosed(close.code if close else None, close.reason if close else "")
 
     async def send(self, frame: dict[str, Any]) -> None:
+        if not write_text(self._ws, encode(frame)):
+            raise self._closed()
+
+    def send_nowait(self, frame: dict[str, Any]) -> None:
+        """``send`` without the coroutine: the frame goes to the socket's write buffer."""
         if not write_text(self._ws, encode(frame)):
             raise self._closed()
 

@@ -35,6 +35,8 @@ def headers_of(request: web.BaseRequest) -> dict[str, str]:
 
 def query_of(request: web.BaseRequest) -> dict[str, str]:
     """Decoded; a repeated key keeps its last value."""
+    if not request.query_string:
+        return {}
     return {key: value for key, value in request.rel_url.query.items()}
 
 

@@ -28,7 +28,7 @@ async def handle(worker: "HttpWorker", request: web.BaseRequest) -> web.StreamRe
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.default_timeout / 1000
     limiter = worker.limiter
-    if not await limiter.acquire(deadline - loop.time()):
+    if not limiter.try_acquire() and not await limiter.acquire(deadline - loop.time()):
         return messages.request_timeout(settings.default_timeout).response(extra)
     try:
         return await _pipeline(worker, request, settings, deadline, extra)
@@ -59,7 +59,10 @@ async def _pipeline(worker: "HttpWorker", request: web.BaseRequest, settings: Ht
         if early is not None:
             return _with(early, extra)
 
-    raw, body = await _read_body(request, settings, deadline)
+    if "application/json" in request.headers.get("Content-Type", "").lower():
+        raw, body = await _read_body(request, settings, deadline)
+    else:  # other bodies stay unread: they are streamed into the request channel
+        raw = body = None
     payload: dict[str, Any] = {
         "path": route.api_path, "method": request.method, "path_params": match.path_params,
         "query_params": query, "headers": headers, "body": body,
@@ -136,6 +139,9 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
                   payload: dict[str, Any], raw: bytes | None, deadline: float, ms: int,
                   extra: dict[str, str]) -> web.StreamResponse:
     iii = worker.iii
+    hub = iii.channel_hub
+    if hub is not None:
+        return await _invoke_local(worker, hub, request, route, payload, raw, deadline, ms, extra)
     loop = asyncio.get_running_loop()
     try:
         request_channel, response_channel = await asyncio.wait_for(
@@ -145,10 +151,7 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
         raise messages.request_timeout(ms) from None
     payload["request_body"] = request_channel.reader_ref
     payload["response"] = response_channel.writer_ref
-    call: dict[str, Any] = {"function_id": route.binding.function_id, "payload": payload,
-                            "namespace": route.binding.namespace or "default"}
-    if route.binding.metadata is not None:
-        call["metadata"] = route.binding.metadata
+    call = _call_of(route, payload)
     pump = asyncio.ensure_future(
         streaming.pump_request_body(request_channel.writer, raw, request))
     reader = streaming.ResponseChannel(response_channel.reader)
@@ -158,6 +161,66 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
         if not pump.done():
             pump.cancel()
         worker.spawn(_finish(iii, pump, reader, request_channel, response_channel))
+
+
+def _call_of(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
+    call: dict[str, Any] = {"function_id": route.binding.function_id, "payload": payload,
+                            "namespace": route.binding.namespace or "default"}
+    if route.binding.metadata is not None:
+        call["metadata"] = route.binding.metadata
+    return call
+
+
+async def _invoke_local(worker: "HttpWorker", hub: Any, request: web.BaseRequest, route: Route,
+                        payload: dict[str, Any], raw: bytes | None, deadline: float, ms: int,
+                        extra: dict[str, str]) -> web.StreamResponse:
+    """iii-http in the engine's process: both channels are made in the engine's channel hub
+    directly; a body known in full is put into the request channel without a writer; the
+    response channel is read only once the handler claims its writing end. A handler that
+    just returns a result then costs no socket, pipe or task for either channel."""
+    iii = worker.iii
+    request_channel, response_channel = hub.create(None), hub.create(None)
+    payload["request_body"] = request_channel.ref("read")
+    payload["response"] = response_channel.ref("write")
+    call = _call_of(route, payload)
+    # the SDK's timeout is a backstop: the request deadline below is the one that answers
+    call["timeout_ms"] = ms + 1000
+    pump: asyncio.Future[None] | None = None
+    known = raw if raw is not None else (b"" if not request.body_exists else None)
+    if known is None or not hub.preload(request_channel.id, known):
+        writer = iii.channel_end(request_channel.ref("write"))
+        pump = asyncio.ensure_future(streaming.pump_request_body(writer, raw, request))
+    reader = streaming.ResponseChannel(lambda: iii.channel_end(response_channel.ref("read")),
+                                       attached=hub.writer_claimed(response_channel.id))
+    try:
+        invocation = iii.trigger_nowait(call)
+    except Exception as exc:
+        invocation = asyncio.get_running_loop().create_future()
+        invocation.set_exception(exc)
+    try:
+        return await streaming.answer(iii, request, call, reader, deadline, ms, extra, invocation)
+    finally:
+        if pump is None and not reader.opened:
+            hub.retire(request_channel.id)
+            hub.retire(response_channel.id)
+        else:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            worker.spawn(_finish_local(hub, pump, reader, request_channel.id,
+                                       response_channel.id))
+
+
+async def _finish_local(hub: Any, pump: "asyncio.Future[None] | None",
+                        reader: streaming.ResponseChannel, request_id: str,
+                        response_id: str) -> None:
+    if pump is not None:
+        try:
+            await asyncio.wait({pump}, timeout=streaming.RETIRE_TIMEOUT_S)
+        except Exception:
+            pass
+    await reader.close()
+    hub.retire(request_id)
+    hub.retire(response_id)
 
 
 async def _finish(iii: Any, pump: "asyncio.Future[None]", reader: streaming.ResponseChannel,

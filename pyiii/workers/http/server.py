@@ -37,6 +37,13 @@ class Limiter:
                 self.active += 1
                 waiter.set_result(None)
 
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if there is one (no coroutine on the common path)."""
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
     async def acquire(self, timeout: float) -> bool:
         """Take a slot within ``timeout`` seconds; False when the wait ran out."""
         if self.active < self.limit and not self._waiters:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from aiohttp import hdrs, web
@@ -38,17 +38,57 @@ class RawStreamResponse(web.StreamResponse):
 
 
 class ResponseChannel:
-    """Our reading end of the ``response`` channel: control frames, then body chunks."""
+    """Our reading end of the ``response`` channel: control frames, then body chunks.
 
-    def __init__(self, reader: ChannelReader) -> None:
-        self.reader = reader
+    ``reader`` may be a factory, called on first use. ``attached`` (optional) is a future
+    resolved when the handler claims the channel's writing end; with it, the reading end is
+    opened only then, so a handler that just returns a result costs no channel socket."""
+
+    def __init__(self, reader: ChannelReader | Callable[[], ChannelReader],
+                 attached: "asyncio.Future[None] | None" = None) -> None:
+        self._reader = reader if isinstance(reader, ChannelReader) else None
+        self._make_reader = None if self._reader is not None else reader
+        self.attached = attached
         self.status = 200
-        self.headers: CIMultiDict[str] = CIMultiDict()
-        self.activity = asyncio.Event()  # the handler attached (a frame arrived, or it closed)
         self.binary_seen = False
         self.failed: BaseException | None = None
-        reader.on_message(self._on_text)
-        self.chunks: AsyncIterator[bytes] = self._items()
+        # made on first use: most responses never touch the channel
+        self._headers: CIMultiDict[str] | None = None
+        self._activity: asyncio.Event | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        if self._reader is not None:
+            self._reader.on_message(self._on_text)
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict()
+        return self._headers
+
+    @property
+    def activity(self) -> asyncio.Event:
+        """Set once the handler attached (a frame arrived, or it closed the channel)."""
+        if self._activity is None:
+            self._activity = asyncio.Event()
+        return self._activity
+
+    @property
+    def chunks(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = self._items()
+        return self._chunks
+
+    @property
+    def reader(self) -> ChannelReader:
+        if self._reader is None:
+            self._reader = self._make_reader()  # type: ignore[misc]
+            self._reader.on_message(self._on_text)
+        return self._reader
+
+    @property
+    def opened(self) -> bool:
+        """Whether the reading end was (or is being) opened."""
+        return self._reader is not None
 
     def _on_text(self, text: str) -> None:
         self.activity.set()
@@ -80,12 +120,15 @@ class ResponseChannel:
             self.failed = exc
 
     async def close(self) -> None:
+        if self._chunks is not None:
+            try:
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+            except Exception:
+                pass
+        if self._reader is None:
+            return
         try:
-            await self.chunks.aclose()  # type: ignore[attr-defined]
-        except Exception:
-            pass
-        try:
-            await self.reader.close_async()
+            await self._reader.close_async()
         except Exception:
             pass
 
@@ -141,15 +184,36 @@ def _error_of(task: "asyncio.Future[Any]", timeout_ms: int) -> messages.HttpErro
 
 
 async def answer(iii: III, request: web.BaseRequest, call: dict[str, Any], channel: ResponseChannel,
-                 deadline: float, timeout_ms: int, extra: dict[str, str]) -> web.StreamResponse:
-    """Invoke the handler and turn its result or its response channel into the response."""
+                 deadline: float, timeout_ms: int, extra: dict[str, str],
+                 invocation: "asyncio.Future[Any] | None" = None) -> web.StreamResponse:
+    """Invoke the handler (unless ``invocation`` is the call already started) and turn its
+    result or its response channel into the response."""
     loop = asyncio.get_running_loop()
-    invocation = asyncio.ensure_future(call_within(iii, call, deadline - loop.time()))
-    first = asyncio.ensure_future(channel.chunks.__anext__())
+    if invocation is None:
+        invocation = asyncio.ensure_future(call_within(iii, call, deadline - loop.time()))
+    attached = channel.attached
+    first: asyncio.Future[Any] | None = None
+
+    def start_first() -> "asyncio.Future[Any]":
+        nonlocal first
+        if first is None:
+            first = asyncio.ensure_future(channel.chunks.__anext__())
+        return first
+
+    if attached is None:
+        start_first()
     try:
-        await asyncio.wait({invocation, first}, timeout=max(0.0, deadline - loop.time()),
-                           return_when=asyncio.FIRST_COMPLETED)
-        if _has_chunk(first):
+        # the result, or the first chunk of a streamed response, whichever comes first
+        while not invocation.done():
+            watch = first if first is not None else attached
+            assert watch is not None
+            await asyncio.wait({invocation, watch}, timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if first is None and attached is not None and attached.done():
+                start_first()  # the handler took the response writer: read what it sends
+                continue
+            break
+        if first is not None and _has_chunk(first):
             return await _stream(request, channel, first.result(), invocation, extra)
         if not invocation.done():  # the channel ended first: the result decides
             await asyncio.wait({invocation}, timeout=max(0.0, deadline - loop.time()))
@@ -162,27 +226,39 @@ async def answer(iii: III, request: web.BaseRequest, call: dict[str, Any], chann
         if result is not None:
             return messages.result_response(result, extra)
         # no result: stream if the handler attached to the channel, else 200 {}
-        if not channel.activity.is_set() and not first.done():
+        waited = loop.time()
+        if first is None:
+            assert attached is not None
+            if not attached.done():
+                await asyncio.wait({attached}, timeout=min(ATTACH_WAIT_S,
+                                                           max(0.0, deadline - loop.time())))
+            if not attached.done() or attached.cancelled():
+                return messages.result_response({}, extra)
+            start_first()
+        first_ = start_first()
+        if not channel.activity.is_set() and not first_.done():
+            left = ATTACH_WAIT_S - (loop.time() - waited)
             try:
                 await asyncio.wait_for(asyncio.shield(channel.activity.wait()),
-                                       min(ATTACH_WAIT_S, max(0.0, deadline - loop.time())))
+                                       min(max(0.0, left), max(0.0, deadline - loop.time())))
             except asyncio.TimeoutError:
                 pass
         if not channel.activity.is_set() or channel.failed is not None:
             return messages.result_response({}, extra)
-        if not first.done():
-            await asyncio.wait({first}, timeout=max(0.0, deadline - loop.time()))
-        if not first.done():
+        if not first_.done():
+            await asyncio.wait({first_}, timeout=max(0.0, deadline - loop.time()))
+        if not first_.done():
             raise messages.request_timeout(timeout_ms)
-        if _has_chunk(first):
-            return await _stream(request, channel, first.result(), invocation, extra)
+        if _has_chunk(first_):
+            return await _stream(request, channel, first_.result(), invocation, extra)
         # the channel closed without a body: the status and headers it set, empty body
         return _head_only(channel, extra)
     finally:
-        if not first.done():
-            first.cancel()
-        elif not first.cancelled():
-            first.exception()  # retrieved: an ended channel is not an error
+        if first is not None:
+            if not first.done():
+                first.cancel()
+            elif not first.cancelled():
+                first.exception()  # retrieved: an ended channel is not an error
         if not invocation.done():
             invocation.add_done_callback(_log_late_failure)
 
