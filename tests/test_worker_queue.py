@@ -24,6 +24,19 @@ async def start_queue(engine, tmp_path: Path, config: dict | None = None,
 
 
 @pytest.fixture
+def adapter_of(request):
+    """The adapter block for a parametrized adapter name; ``redis`` uses the private test
+    Redis under a key prefix of its own (started only by the tests that need it)."""
+    def make(name: str):
+        if name != "redis":
+            return name
+        server = request.getfixturevalue("redis_server")
+        return {"name": "redis", "config": {"redis_url": server.url,
+                                            "key_prefix": request.getfixturevalue("redis_prefix")}}
+    return make
+
+
+@pytest.fixture
 async def client(engine):
     iii = register_worker(engine.url, InitOptions(worker_name="tester"))
     await iii.wait_connected(5)
@@ -48,9 +61,10 @@ async def until(check, timeout=3.0):
         await asyncio.sleep(0.005)
 
 
-@pytest.mark.parametrize("adapter", ["sqlite", "memory"])
-async def test_scenario_16_enqueue_runs_once_within_milliseconds(engine, client, tmp_path, adapter):
-    worker = await start_queue(engine, tmp_path, {"adapter": adapter})
+@pytest.mark.parametrize("adapter", ["sqlite", "memory", "redis"])
+async def test_scenario_16_enqueue_runs_once_within_milliseconds(engine, client, tmp_path, adapter,
+                                                                 adapter_of):
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter_of(adapter)})
     started: list[tuple[float, object]] = []
     client.register_function("email::send",
                              lambda data: started.append((time.perf_counter(), data)))
@@ -72,7 +86,13 @@ async def test_scenario_16_enqueue_runs_once_within_milliseconds(engine, client,
               f"p90 {sorted(latencies)[26]:.2f}, max {max(latencies):.2f}")
         assert median < 15, latencies
         assert [data for _, data in started[1:]] == [{"i": i} for i in range(30)]
-        stats = await call(client, "engine::queue::topic_stats", {"topic": "default"})
+        # the last handler has started; its ack follows once its result is back
+        deadline = time.monotonic() + 2
+        while True:
+            stats = await call(client, "engine::queue::topic_stats", {"topic": "default"})
+            if stats["in_flight"] == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
         assert stats["depth"] == 0 and stats["in_flight"] == 0 and stats["dlq_depth"] == 0
     finally:
         await worker.stop()
@@ -164,10 +184,12 @@ async def test_invalid_config_does_not_start_and_reload_keeps_old(engine, client
         await worker.stop()
 
 
-@pytest.mark.parametrize("adapter", ["sqlite", "memory"])
-async def test_scenario_17_retries_with_exponential_backoff(engine, client, tmp_path, adapter):
+@pytest.mark.parametrize("adapter", ["sqlite", "memory", "redis"])
+async def test_scenario_17_retries_with_exponential_backoff(engine, client, tmp_path, adapter,
+                                                            adapter_of):
     worker = await start_queue(engine, tmp_path, {
-        "adapter": adapter, "queue_configs": {"jobs": {"max_retries": 3, "backoff_ms": 100}}})
+        "adapter": adapter_of(adapter),
+        "queue_configs": {"jobs": {"max_retries": 3, "backoff_ms": 100}}})
     times: list[float] = []
 
     def flaky(data):
@@ -190,10 +212,11 @@ async def test_scenario_17_retries_with_exponential_backoff(engine, client, tmp_
         await worker.stop()
 
 
-@pytest.mark.parametrize("adapter", ["sqlite", "memory"])
-async def test_scenario_18_dlq_redrive_and_discard(engine, client, tmp_path, adapter):
+@pytest.mark.parametrize("adapter", ["sqlite", "memory", "redis"])
+async def test_scenario_18_dlq_redrive_and_discard(engine, client, tmp_path, adapter, adapter_of):
     worker = await start_queue(engine, tmp_path, {
-        "adapter": adapter, "queue_configs": {"jobs": {"max_retries": 3, "backoff_ms": 50}}})
+        "adapter": adapter_of(adapter),
+        "queue_configs": {"jobs": {"max_retries": 3, "backoff_ms": 50}}})
     calls: list[tuple[float, object]] = []
     broken = {"yes": True}
 
@@ -256,9 +279,9 @@ async def test_scenario_18_dlq_redrive_and_discard(engine, client, tmp_path, ada
         await worker.stop()
 
 
-@pytest.mark.parametrize("adapter", ["sqlite", "memory"])
-async def test_scenario_19_fifo_groups(engine, client, tmp_path, adapter):
-    worker = await start_queue(engine, tmp_path, {"adapter": adapter, "queue_configs": {
+@pytest.mark.parametrize("adapter", ["sqlite", "memory", "redis"])
+async def test_scenario_19_fifo_groups(engine, client, tmp_path, adapter, adapter_of):
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter_of(adapter), "queue_configs": {
         "pay": {"type": "fifo", "message_group_field": "tx", "concurrency": 2,
                 "backoff_ms": 30}}})
     log: list[tuple[str, str, float]] = []

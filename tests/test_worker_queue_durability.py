@@ -1,4 +1,5 @@
-"""iii-queue at-least-once delivery with the sqlite adapter: crashes, leases, restarts (§4.4)."""
+"""iii-queue at-least-once delivery with the sqlite (and redis) adapter: crashes, leases, restarts
+(§4.4)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from pyiii.sdk import InitOptions, register_worker
 
@@ -34,9 +37,14 @@ async def until_gone(iii, name, timeout=5.0):
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("adapter", ["sqlite", "redis"])
 async def test_job_held_by_a_crashed_queue_worker_is_redelivered_after_visibility_timeout(
-        engine, tmp_path):
-    config = {"adapter": {"name": "sqlite", "config": {"visibility_timeout_ms": VT_MS}},
+        engine, tmp_path, adapter, request):
+    options: dict = {"visibility_timeout_ms": VT_MS}
+    if adapter == "redis":
+        options.update(redis_url=request.getfixturevalue("redis_server").url,
+                       key_prefix=request.getfixturevalue("redis_prefix"))
+    config = {"adapter": {"name": adapter, "config": options},
               "queue_configs": {"jobs": {"backoff_ms": 50}}}
     worker = await start_queue(engine, tmp_path, config)
     c = await connect(engine)

@@ -8,7 +8,7 @@ import pytest
 
 from pyiii.sdk import InitOptions, InvocationError, register_worker
 
-from .test_worker_queue import call, start_queue, until
+from .test_worker_queue import adapter_of, call, start_queue, until  # noqa: F401 - fixture
 
 
 async def connect(engine, name):
@@ -26,9 +26,9 @@ async def publish(iii, topic, data):
     return await call(iii, "iii::durable::publish", {"topic": topic, "data": data})
 
 
-@pytest.mark.parametrize("adapter", ["sqlite", "memory"])
-async def test_scenario_20_fan_out_and_missed_messages(engine, tmp_path, adapter):
-    worker = await start_queue(engine, tmp_path, {"adapter": adapter})
+@pytest.mark.parametrize("adapter", ["sqlite", "memory", "redis"])
+async def test_scenario_20_fan_out_and_missed_messages(engine, tmp_path, adapter, adapter_of):
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter_of(adapter)})
     a = await connect(engine, "sub-a")
     b = await connect(engine, "sub-b")
     got: dict[str, list] = {"a": [], "b": []}

@@ -109,7 +109,13 @@ def parse_settings(config: dict[str, Any], ephemeral: bool) -> QueueSettings:
     for key in adapter.config:
         if key not in ADAPTER_KEYS:
             raise ValueError(f"unknown key config.adapter.config.{key}; accepted: "
-                             "file_path, synchronous, visibility_timeout_ms")
+                             "file_path, synchronous, visibility_timeout_ms (sqlite); "
+                             "redis_url, key_prefix, connect_timeout_ms, "
+                             "visibility_timeout_ms (redis)")
+    if adapter.name == "redis":
+        from ...storage.redis_link import redis_config
+
+        redis_config(adapter.config)  # ValueError names the bad key
     synchronous = adapter.config.get("synchronous", "normal")
     if synchronous not in ("normal", "full"):
         raise ValueError(f"config.adapter.config.synchronous must be 'normal' or 'full', "

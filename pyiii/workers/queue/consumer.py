@@ -1,8 +1,10 @@
 """One consumer per internal queue: claim, deliver, renew leases, ack or fail.
 
-No polling floor: the consumer sleeps on an in-process event that enqueues, redrives and
-finished deliveries set, so a job on an idle queue is claimed at once. It also wakes at the
-next delayed job's due time, and — only for stores other processes write to — every
+No polling floor: an enqueue, a redrive or a finished delivery starts a claim at once (the
+*filler*), so a job on an idle queue starts within a few event-loop turns. A finished job's
+ack and the claim that refills its slot are asked for in the same loop turn and so share one
+group commit in the SQLite adapter. A timer task wakes the filler at the next delayed job's due
+time, after a hold, and — only for stores other processes write to — every
 ``poll_interval_ms`` (jobs from another engine, expired leases of a dead engine).
 """
 
@@ -15,6 +17,7 @@ import uuid
 from typing import Awaitable, Callable
 
 from ...sdk import RegistrationRejectedError
+from ...storage.kv import StorageUnavailable
 from .config import QueueConfig
 from .storage import Job, QueueStore
 
@@ -23,6 +26,8 @@ log = logging.getLogger("pyiii.workers.queue")
 # deliver(job) -> None on success; raises on failure (the message becomes the DLQ error)
 Deliver = Callable[[Job], Awaitable[None]]
 STOP_GRACE_S = 10.0
+CLAIM_BACKOFF_FIRST_S = 0.1
+CLAIM_BACKOFF_MAX_S = 5.0
 
 
 def not_an_attempt(exc: BaseException) -> bool:
@@ -49,50 +54,91 @@ class Consumer:
         self.visibility_ms = visibility_ms
         self.token = uuid.uuid4().hex
         self.wake = asyncio.Event()
-        self.in_flight: dict[asyncio.Task[None], Job] = {}
+        self.in_flight: dict[asyncio.Task[None], Job] = {}  # jobs whose handler runs
+        self.running: set[asyncio.Task[None]] = set()  # also those still being acked
         self.closing = False
         self.hold_until = 0.0
+        self.next_due: float | None = None
+        self.refill = False
+        self.backoff_s = CLAIM_BACKOFF_FIRST_S
         self.task: asyncio.Task[None] | None = None
+        self.filler: asyncio.Task[None] | None = None
         self.renewer: asyncio.Task[None] | None = None
 
     def start(self) -> "Consumer":
         self.task = asyncio.ensure_future(self._run())
         self.renewer = asyncio.ensure_future(self._renew())
+        self.kick()
         return self
 
     def notify(self) -> None:
+        self.kick()
+
+    def kick(self) -> None:
+        """Claim for the free slots now, or right after the claim already under way."""
+        if self.closing:
+            return
+        if self.filler is not None and not self.filler.done():
+            self.refill = True
+            return
+        self.filler = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        while not self.closing:
+            self.refill = False
+            free = self.config.concurrency - len(self.in_flight)
+            if free <= 0 or self.hold_until > time.time():
+                return
+            try:
+                claim = await self.store.claim(self.queue, free, self.config.fifo,
+                                               self.visibility_ms, self.token)
+            except StorageUnavailable as exc:  # e.g. Redis down: back off 0.1 s doubling to 5 s
+                log.warning("queue %s: %s; retrying in %.1f s", self.queue, exc, self.backoff_s)
+                self._hold(self.backoff_s)
+                self.backoff_s = min(self.backoff_s * 2, CLAIM_BACKOFF_MAX_S)
+                return
+            except Exception:
+                log.exception("queue %s: claim failed", self.queue)
+                self._hold(1.0)
+                return
+            self.backoff_s = CLAIM_BACKOFF_FIRST_S
+            for job in claim.jobs:
+                if self.closing:  # stopped while claiming: give it back untouched
+                    await self._release(job)
+                    continue
+                task = asyncio.ensure_future(self._one(job))
+                self.in_flight[task] = job
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+            if claim.next_due != self.next_due:
+                self.next_due = claim.next_due
+                self.wake.set()  # the timer recomputes its deadline
+            if len(claim.jobs) < free and not self.refill:
+                return  # nothing more is ready
+
+    def _hold(self, seconds: float) -> None:
+        self.hold_until = time.time() + seconds
         self.wake.set()
 
     async def _run(self) -> None:
+        """The timer: kicks the filler at the next due time, after a hold, or on the poll."""
         poll_s = self.config.poll_interval_ms / 1000 if self.store.shared else None
         while not self.closing:
             self.wake.clear()
+            now = time.time()
             timeout = poll_s
-            free = self.config.concurrency - len(self.in_flight)
-            held = self.hold_until - time.time()
-            if held > 0:
-                free, timeout = 0, held if timeout is None else min(timeout, held)
-            if free > 0:
-                try:
-                    claim = await self.store.claim(self.queue, free, self.config.fifo,
-                                                   self.visibility_ms, self.token)
-                except Exception:
-                    log.exception("queue %s: claim failed", self.queue)
-                    claim = None
-                    timeout = 1.0 if timeout is None else max(timeout, 1.0)
-                if claim is not None:
-                    for job in claim.jobs:
-                        task = asyncio.ensure_future(self._one(job))
-                        self.in_flight[task] = job
-                    if claim.next_due is not None:
-                        wait = max(0.0, claim.next_due - time.time()) + 0.001
-                        timeout = wait if timeout is None else min(timeout, wait)
-            if self.closing:
-                break
+            for at in (self.hold_until, self.next_due):
+                if at is not None and at > 0:
+                    wait = max(0.0, at - now) + 0.001
+                    timeout = wait if timeout is None else min(timeout, wait)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except asyncio.TimeoutError:
-                pass
+                if self.hold_until <= time.time():
+                    self.hold_until = 0.0
+                if self.next_due is not None and self.next_due <= time.time():
+                    self.next_due = None
+                self.kick()
 
     async def _one(self, job: Job) -> None:
         try:
@@ -100,10 +146,12 @@ class Consumer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self.in_flight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             if not_an_attempt(exc):
-                self.hold_until = time.time() + 1.0  # do not spin on a dead client
+                self._hold(1.0)  # do not spin on a dead client
                 await self._release(job)
                 return
+            self.kick()
             try:
                 outcome = await self.store.fail(job, describe(exc), self.config.backoff_ms)
                 if outcome == "dlq":
@@ -112,6 +160,10 @@ class Consumer:
             except Exception:
                 log.exception("queue %s: recording the failure of %s failed", self.queue, job.id)
         else:
+            # the slot is free once the handler returned: the refill claim shares the ack's
+            # group commit
+            self.in_flight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self.kick()
             try:
                 if not await self.store.ack(job):
                     log.warning("queue %s: job %s finished after its lease was lost; it may be "
@@ -119,8 +171,8 @@ class Consumer:
             except Exception:
                 log.exception("queue %s: ack of %s failed", self.queue, job.id)
         finally:
-            self.in_flight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            self.wake.set()
+            if self.in_flight.pop(asyncio.current_task(), None) is not None:  # type: ignore[arg-type]
+                self.kick()
 
     async def _renew(self) -> None:
         period = max(self.visibility_ms / 3000, 0.01)
@@ -140,16 +192,17 @@ class Consumer:
         to waiting without counting an attempt."""
         self.closing = True
         self.wake.set()
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
-        pending = list(self.in_flight)
+        for task in (self.task, self.filler):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        pending = list(self.running)
         if pending and grace_s > 0:
             await asyncio.wait(pending, timeout=grace_s)
         for task, job in list(self.in_flight.items()):
             task.cancel()
             await self._release(job)
-        if self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
         if self.renewer is not None:
             self.renewer.cancel()
             await asyncio.gather(self.renewer, return_exceptions=True)
@@ -163,6 +216,6 @@ class Consumer:
     def abandon(self) -> None:
         """Drop everything without touching the store (what a crash leaves behind)."""
         self.closing = True
-        for task in [self.task, self.renewer, *self.in_flight]:
+        for task in [self.task, self.filler, self.renewer, *self.running]:
             if task is not None:
                 task.cancel()

@@ -1,21 +1,27 @@
 """The `sqlite` queue adapter: jobs, delays, leases, DLQ and destinations in one WAL file.
 
-Every state change is one ``BEGIN IMMEDIATE`` transaction committed before the step returns,
-so an acknowledged enqueue survives a crash, and claiming a job and recording its lease are
-atomic even when several engines share the file. Statements run on the event loop thread
-(tens of microseconds each), like the state worker's store.
+Every state change runs in a ``BEGIN IMMEDIATE`` transaction committed before the step
+returns, so an acknowledged enqueue survives a crash, and claiming a job and recording its
+lease are atomic even when several engines share the file. Steps asked for in the same
+event-loop iteration share one transaction (``batch.GroupCommit``). Statements run on the
+event loop thread (tens of microseconds each), like the state worker's store.
+
+Claims stay O(jobs claimed) however long the queue is: a partial index holds only unleased
+jobs, ordered by the time they became ready (``process_at``: the enqueue time of a new job,
+the retry time after a failure), so the head of a queue and its next due time are index seeks.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 
-from ...storage.sqlite_db import atomic, open_db
+from ...storage.sqlite_db import open_db
+from .batch import GroupCommit
 from .storage import LEASE_LOST, Claim, Destination, DlqEntry, Job, backoff_delay_ms
 
 _SCHEMA = """
@@ -31,9 +37,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (queue, grp, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (queue, lease_until);
+CREATE INDEX IF NOT EXISTS jobs_fifo ON jobs (queue, grp, seq) WHERE grp IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, process_at, seq) WHERE lease_token IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (queue, lease_until) WHERE lease_token IS NOT NULL;
+DROP INDEX IF EXISTS jobs_by_queue;
+DROP INDEX IF EXISTS jobs_by_group;
+DROP INDEX IF EXISTS jobs_by_lease;
 CREATE TABLE IF NOT EXISTS dlq (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -54,6 +63,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 """
 
 _COLUMNS = "id, process_at, attempts_made, lease_token, record"
+EXPIRY_SCAN_S = 0.25
 
 
 def _job(row: Any) -> Job:
@@ -73,22 +83,25 @@ class SqliteQueueStore:
         self.path = path
         self.db = open_db(path, synchronous)
         self.db.executescript(_SCHEMA)
+        self.batch = GroupCommit(self.db)
+        self.leases = itertools.count(1)
+        self.expiry_scan: dict[str, float] = {}  # queue -> time of its next expired-lease scan
 
-    def _atomic(self, body: Callable[[], Any]) -> Any:
-        return atomic(self.db, body)
+    async def _atomic(self, body: Callable[[], Any]) -> Any:
+        return await self.batch.run(body)
 
     def _insert(self, job: Job) -> bool:
-        if self.db.execute("SELECT 1 FROM dlq WHERE id=?", (job.id,)).fetchone():
-            return False
+        # an id already waiting or in the DLQ is not stored again; a new job is ready from now
+        # on, so it queues behind jobs that became ready earlier
         cur = self.db.execute(
             "INSERT OR IGNORE INTO jobs (id, queue, topic, grp, process_at, attempts_made, record)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.queue, job.topic, job.group, job.process_at, job.attempts_made,
-             _dumps(job)))
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM dlq WHERE id=?)",
+            (job.id, job.queue, job.topic, job.group, job.process_at or time.time(),
+             job.attempts_made, _dumps(job), job.id))
         return cur.rowcount == 1
 
     async def push(self, job: Job) -> bool:
-        return self._atomic(lambda: self._insert(job))
+        return await self._atomic(lambda: self._insert(job))
 
     def _fail(self, job_id: str, token: str | None, error: str, backoff_ms: int | None,
               now: float) -> str:
@@ -119,60 +132,74 @@ class SqliteQueueStore:
                     token: str) -> Claim:
         def body() -> Claim:
             now = time.time()
-            expired = self.db.execute(
-                "SELECT id, lease_token FROM jobs WHERE queue=? AND lease_until < ?",
-                (queue, now)).fetchall()
-            for job_id, lease in expired:
-                self._fail(job_id, lease, LEASE_LOST, None, now)
+            # leases expire on a scale of seconds: look for them a few times a second, not on
+            # every claim of a busy queue
+            if now >= self.expiry_scan.get(queue, 0.0):
+                self.expiry_scan[queue] = now + min(EXPIRY_SCAN_S, lease_ms / 10_000)
+                expired = self.db.execute(
+                    "SELECT id, lease_token FROM jobs WHERE queue=? AND lease_token IS NOT NULL "
+                    "AND lease_until < ?", (queue, now)).fetchall()
+                for job_id, lease in expired:
+                    self._fail(job_id, lease, LEASE_LOST, None, now)
             if fifo:
                 rows = self.db.execute(
                     f"SELECT j.{_COLUMNS.replace(', ', ', j.')} FROM jobs j JOIN "
-                    "(SELECT MIN(seq) AS s FROM jobs WHERE queue=? GROUP BY grp) h ON j.seq=h.s "
+                    "(SELECT MIN(seq) AS s FROM jobs WHERE queue=? AND grp IS NOT NULL "
+                    "GROUP BY grp) h ON j.seq=h.s "
                     "WHERE j.lease_token IS NULL AND j.process_at <= ? ORDER BY j.seq LIMIT ?",
                     (queue, now, limit)).fetchall()
             else:
                 rows = self.db.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE queue=? AND lease_token IS NULL "
-                    "AND process_at <= ? ORDER BY seq LIMIT ?", (queue, now, limit)).fetchall()
-            jobs = []
-            until = now + lease_ms / 1000
-            for row in rows:
-                job = _job(row)
-                job.lease_token = f"{token}:{uuid.uuid4().hex}"
-                self.db.execute("UPDATE jobs SET lease_token=?, lease_until=? WHERE id=?",
-                                (job.lease_token, until, job.id))
-                jobs.append(job)
+                    "AND process_at <= ? ORDER BY process_at, seq LIMIT ?",
+                    (queue, now, limit)).fetchall()
+            # one lease token for the jobs of one claim: acks and failures also name the job id
+            lease = f"{token}:{next(self.leases)}"
+            jobs = [_job(row) for row in rows]
+            for job in jobs:
+                job.lease_token = lease
+            if jobs:
+                self.db.execute(
+                    "UPDATE jobs SET lease_token=?, lease_until=? WHERE id IN "
+                    f"({','.join('?' * len(jobs))})",
+                    (lease, now + lease_ms / 1000, *(job.id for job in jobs)))
+            if len(jobs) == limit:
+                return Claim(jobs, None)  # more may be ready: the consumer claims again
             due = self.db.execute("SELECT MIN(process_at) FROM jobs WHERE queue=? AND "
                                   "lease_token IS NULL AND process_at > ?", (queue, now)).fetchone()
             return Claim(jobs, due[0] if due else None)
-        return self._atomic(body)
+        return await self._atomic(body)
 
     async def renew(self, queue: str, tokens: list[str], lease_ms: int) -> None:
         until = time.time() + lease_ms / 1000
 
         def body() -> None:
-            self.db.executemany("UPDATE jobs SET lease_until=? WHERE lease_token=?",
-                                [(until, t) for t in tokens])
-        self._atomic(body)
+            self.db.executemany("UPDATE jobs SET lease_until=? WHERE queue=? AND lease_token=?",
+                                [(until, queue, t) for t in set(tokens)])
+        await self._atomic(body)
 
     async def ack(self, job: Job) -> bool:
-        return self._atomic(lambda: self.db.execute(
+        return await self._atomic(lambda: self.db.execute(
             "DELETE FROM jobs WHERE id=? AND lease_token=?", (job.id, job.lease_token)
         ).rowcount == 1)
 
     async def fail(self, job: Job, error: str, backoff_ms: int) -> str:
-        return self._atomic(lambda: self._fail(job.id, job.lease_token, error, backoff_ms,
+        return await self._atomic(lambda: self._fail(job.id, job.lease_token, error, backoff_ms,
                                                time.time()))
 
     async def release(self, job: Job) -> None:
-        self._atomic(lambda: self.db.execute(
+        await self._atomic(lambda: self.db.execute(
             "UPDATE jobs SET lease_token=NULL, lease_until=NULL WHERE id=? AND lease_token=?",
             (job.id, job.lease_token)))
 
     async def counts(self, queue: str) -> tuple[int, int]:
-        row = self.db.execute("SELECT COUNT(*), COUNT(lease_token) FROM jobs WHERE queue=?",
-                              (queue,)).fetchone()
-        return row[0] - row[1], row[1]
+        self.batch.flush()  # reads see every write asked for before them
+        # two index-only counts over the partial indexes (there is no plain queue index)
+        waiting = self.db.execute("SELECT COUNT(*) FROM jobs WHERE queue=? AND "
+                                  "lease_token IS NULL", (queue,)).fetchone()[0]
+        leased = self.db.execute("SELECT COUNT(*) FROM jobs WHERE queue=? AND "
+                                 "lease_token IS NOT NULL", (queue,)).fetchone()[0]
+        return waiting, leased
 
     async def drain_to_dlq(self, queue: str, error: str) -> int:
         def body() -> int:
@@ -182,18 +209,21 @@ class SqliteQueueStore:
             for row in rows:
                 self._to_dlq(_job(row), error, now)
             return len(rows)
-        return self._atomic(body)
+        return await self._atomic(body)
 
     async def dlq_list(self, topic: str, offset: int, limit: int) -> list[DlqEntry]:
+        self.batch.flush()  # reads see every write asked for before them
         rows = self.db.execute("SELECT record, error, failed_at FROM dlq WHERE topic=? "
                                "ORDER BY seq DESC LIMIT ? OFFSET ?",
                                (topic, limit, offset)).fetchall()
         return [DlqEntry(Job.from_record(orjson.loads(r[0])), r[1], r[2]) for r in rows]
 
     async def dlq_count(self, topic: str) -> int:
+        self.batch.flush()  # reads see every write asked for before them
         return self.db.execute("SELECT COUNT(*) FROM dlq WHERE topic=?", (topic,)).fetchone()[0]
 
     async def dlq_topics(self) -> dict[str, int]:
+        self.batch.flush()  # reads see every write asked for before them
         return dict(self.db.execute("SELECT topic, COUNT(*) FROM dlq GROUP BY topic").fetchall())
 
     async def redrive(self, topic: str, job_id: str | None) -> list[str]:
@@ -213,25 +243,28 @@ class SqliteQueueStore:
                 self._insert(job)
                 queues.append(job.queue)
             return queues
-        return self._atomic(body)
+        return await self._atomic(body)
 
     async def discard(self, topic: str, job_id: str) -> bool:
-        return self._atomic(lambda: self.db.execute(
+        return await self._atomic(lambda: self.db.execute(
             "DELETE FROM dlq WHERE topic=? AND id=?", (topic, job_id)).rowcount == 1)
 
     async def save_destination(self, dest: Destination) -> None:
-        self._atomic(lambda: self.db.execute(
+        await self._atomic(lambda: self.db.execute(
             "INSERT OR REPLACE INTO destinations (name, topic, function_id, namespace, last_seen)"
             " VALUES (?, ?, ?, ?, ?)",
             (dest.name, dest.topic, dest.function_id, dest.namespace, dest.last_seen)))
 
     async def forget_destination(self, name: str) -> None:
-        self._atomic(lambda: self.db.execute("DELETE FROM destinations WHERE name=?", (name,)))
+        await self._atomic(lambda: self.db.execute("DELETE FROM destinations WHERE name=?",
+                                                    (name,)))
 
     async def destinations(self) -> list[Destination]:
+        self.batch.flush()  # reads see every write asked for before them
         rows = self.db.execute("SELECT name, topic, function_id, namespace, last_seen "
                                "FROM destinations").fetchall()
         return [Destination(*row) for row in rows]
 
     async def close(self) -> None:
+        self.batch.flush()  # steps still waiting for their group commit
         self.db.close()

@@ -3,8 +3,9 @@
 Every adapter stores *jobs* in internal queues (``__fn_queue::<name>`` for named queues,
 ``<topic>::<function_id>@<namespace>`` for topic destinations) and offers the same atomic steps:
 push, claim-with-lease, renew, ack, fail (retry with backoff or DLQ), release. The worker and its
-consumers only use these steps, so an adapter over another broker (e.g. Redis Streams with a
-consumer group, a delayed sorted set and Lua scripts for fail/FIFO tokens) fits without changes.
+consumers only use these steps; ``memory.py``, ``sqlite.py`` and ``redis_store.py`` (Redis
+Streams with the consumer group ``iii``, a delayed sorted set, Lua scripts for fail and FIFO
+tokens) implement them.
 
 Times are Unix seconds (floats). A job whose lease expires is taken back by the next claim on
 its queue and counted as a failed attempt (``VISIBILITY_TIMEOUT``).
@@ -13,7 +14,7 @@ its queue and counted as a failed attempt (``VISIBILITY_TIMEOUT``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,9 +42,13 @@ class Job:
     lease_token: str | None = None  # set on the copy a claim returns
 
     def record(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("lease_token")
-        return out
+        # field by field, not dataclasses.asdict: that deep-copies ``data`` on every write
+        return {"id": self.id, "queue": self.queue, "topic": self.topic,
+                "function_id": self.function_id, "data": self.data, "namespace": self.namespace,
+                "attempts_made": self.attempts_made, "max_attempts": self.max_attempts,
+                "backoff_ms": self.backoff_ms, "group": self.group, "created_at": self.created_at,
+                "process_at": self.process_at, "traceparent": self.traceparent,
+                "baggage": self.baggage}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Job":
@@ -147,4 +152,9 @@ def open_store(adapter: str, config: dict[str, Any], project_dir: Path) -> Queue
 
         return SqliteQueueStore(db_path(config, project_dir, "data/queue.db"),
                                 synchronous=config.get("synchronous", "normal"))
+    if adapter == "redis":
+        from ...storage.redis_link import redis_config
+        from .redis_store import RedisQueueStore
+
+        return RedisQueueStore(redis_config(config))
     raise ValueError(f"adapter '{adapter}' is not available")

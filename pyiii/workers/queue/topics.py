@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ...sdk import TriggerConfig, TriggerHandler
+from ...storage.kv import StorageUnavailable
 from .config import QueueConfig, Subscription, parse_binding
 from .storage import Destination, Job
 
@@ -49,8 +50,11 @@ class Topics(TriggerHandler[Any]):
         self.sweeper: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        for dest in await self.worker.store.destinations():
-            self.known[dest.name] = dest
+        try:
+            for dest in await self.worker.store.destinations():
+                self.known[dest.name] = dest
+        except StorageUnavailable as exc:  # start anyway; publishes read them again later
+            log.warning("iii-queue: topic destinations not loaded: %s", exc)
         self.sweeper = asyncio.ensure_future(self._sweep())
 
     async def moved(self) -> None:
@@ -114,6 +118,10 @@ class Topics(TriggerHandler[Any]):
 
     async def publish(self, topic: str, data: Any, traceparent: str | None = None,
                       baggage: str | None = None) -> int:
+        if self.worker.store.shared:  # other engines may hold bindings of this topic
+            for dest in await self.worker.store.destinations():
+                if dest.topic == topic and dest.name not in self.known:
+                    self.known[dest.name] = dest
         dests = [d for d in self.known.values() if d.topic == topic]
         if not dests:
             log.warning("iii-queue: publish to topic '%s' with no subscriber; nothing stored", topic)
@@ -142,6 +150,14 @@ class Topics(TriggerHandler[Any]):
     async def sweep_once(self, retention_s: float) -> None:
         now = time.time()
         grace_over = now - self.started_at >= min(retention_s, REFRESH_S)
+        if self.worker.store.shared:  # other engines refresh (or forget) destinations too
+            stored = {d.name: d for d in await self.worker.store.destinations()}
+            for name in list(self.known):
+                if name not in stored and name not in self.bindings:
+                    self.known.pop(name)  # forgotten elsewhere
+            for name, dest in stored.items():
+                mine = self.known.setdefault(name, dest)
+                mine.last_seen = max(mine.last_seen, dest.last_seen)
         for name, dest in list(self.known.items()):
             if name in self.bindings:
                 if now - dest.last_seen >= REFRESH_S:

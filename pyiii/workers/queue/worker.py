@@ -12,7 +12,7 @@ import orjson
 
 from ...sdk import III, InvocationError, register_worker
 from ..base import WorkerContext
-from ..errors import bad_input
+from ..errors import bad_input, stored
 from ..conditions import passes
 from .config import FN_QUEUE_PREFIX, QueueConfig, QueueSettings, parse_settings
 from .consumer import STOP_GRACE_S, Consumer
@@ -96,6 +96,11 @@ class QueueWorker:
         namespace = job.namespace or "default"
         request: dict[str, Any] = {"function_id": job.function_id, "payload": job.data,
                                    "namespace": namespace, "timeout_ms": DELIVERY_TIMEOUT_MS}
+        # the trace context stored at enqueue becomes the parent of the delivery (§4.4)
+        if job.traceparent is not None:
+            request["traceparent"] = job.traceparent
+        if job.baggage is not None:
+            request["baggage"] = job.baggage
         if not job.queue.startswith(FN_QUEUE_PREFIX):
             bound = self.topics.binding(job.queue)
             if bound is not None:
@@ -138,11 +143,7 @@ class QueueWorker:
                   max_attempts=config.max_attempts, backoff_ms=config.backoff_ms, group=group,
                   traceparent=_opt_str(data, "traceparent", ENQUEUE),
                   baggage=_opt_str(data, "baggage", ENQUEUE))
-        try:
-            stored = await self.store.push(job)
-        except Exception as exc:
-            raise InvocationError("enqueue_failed", f"storage failed: {exc}", ENQUEUE) from exc
-        if not stored:
+        if not await stored("enqueue_failed", self.store.push(job)):
             log.info("iii-queue: job %s already stored; duplicate enqueue ignored", receipt)
         self.notify(internal)
         return {"messageReceiptId": receipt}
@@ -151,10 +152,7 @@ class QueueWorker:
         topic = data.get("topic") if isinstance(data, dict) else None
         if not isinstance(topic, str) or not topic:
             raise InvocationError("topic_not_set", "Topic is not set", PUBLISH)
-        try:
-            await self.topics.publish(topic, data.get("data"))
-        except Exception as exc:
-            raise InvocationError("publish_failed", f"storage failed: {exc}", PUBLISH) from exc
+        await stored("publish_failed", self.topics.publish(topic, data.get("data")))
         return None
 
     # -- lifecycle --------------------------------------------------------------------------
