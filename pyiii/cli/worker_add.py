@@ -3,8 +3,7 @@
 Every source of one invocation is one transaction (§3.2): the new config.yaml and iii.lock are
 computed in memory from the files read under the project lock, local workers' setup/install
 scripts run before anything is committed, and any failure leaves both files as they were.
-Registry and OCI sources are recognised and refused with a clear error by this module; they are
-resolved by the registry layer.
+Registry sources are resolved by the registry layer, OCI references by `pyiii.manager.oci`.
 """
 
 from __future__ import annotations
@@ -210,14 +209,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--name needs exactly one source")
         if requests[0].kind in ("builtin", "registry"):
             raise UsageError("--name is only for local folders and OCI images", wcode="W100")
-    for req in requests:
-        if req.kind == "oci":
-            raise CliError(f"cannot add OCI image '{req.text}': OCI images are not supported by this "
-                           "command yet", wcode="W141")
     project = project_of(args)
     force = bool(opt(args, "force") or opt(args, "force_default"))
     held: list[str] = []  # running workers stopped for a reinstall, started again after commit
     session = None
+    state_dir = project.project_dir / ".iii"
+    fresh = not project.config_path.exists() and not state_dir.exists()  # a failed add leaves no file (§4.1)
     try:
         with transaction(args, project) as txn:
             plan = _plan(args, project, txn, requests)
@@ -246,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
         if session is not None and held:
             for name in held:
                 session.call("worker::restart" if _is_local(plan, name) else "worker::start", {"name": name}, 120.0)
+    except BaseException:
+        if fresh and not project.config_path.exists():
+            shutil.rmtree(state_dir, ignore_errors=True)
+        raise
     finally:
         if session is not None:
             session.close()
@@ -284,6 +285,8 @@ def _plan(args: argparse.Namespace, project: Project, txn: Any, requests: list[R
                 if name in plan.added:
                     version = f" {manifest.version}" if manifest.version else ""
                     plan.messages.append(f"added {name}{version} to config.yaml")
+            elif req.kind == "oci":
+                _add_oci(plan, req, args)
         registry = [req for req in requests if req.kind == "registry"]
         if registry or plan.needs_resolution:
             _resolve(plan, registry, args, txn)
@@ -292,6 +295,47 @@ def _plan(args: argparse.Namespace, project: Project, txn: Any, requests: list[R
             shutil.rmtree(path, ignore_errors=True)
         raise
     return plan
+
+
+def _add_oci(plan: Plan, req: Request, args: argparse.Namespace) -> None:
+    """An image reference (§4.1 "OCI"): pull it, pin its digest in the lock, declare `image:`."""
+    import sys
+
+    from pyiii.cli.worker_common import refuse_first_party
+    from pyiii.manager.config_edit import add_entry
+    from pyiii.manager.oci.declare import add_image, check_isolation
+    from pyiii.manager.oci.reference import parse_reference
+    from pyiii.manager.registry.progress import Progress
+
+    ref = parse_reference(req.text)
+    name = opt(args, "name") or ref.name
+    check_name(name)
+    refuse_first_party(name)
+    isolation = opt(args, "isolation")
+    check_isolation(name, isolation)
+    declared = plan.declared().get(name)
+    if declared is not None and (declared.kind != "oci" or declared.image != req.text):
+        raise conflict(name, declared)
+    force = bool(opt(args, "force") or opt(args, "force_default"))
+    result = add_image(ref, name, plan.lock.workers.get(name) if declared is not None else None, force=force,
+                       progress=Progress(sys.stderr, fancy=output.fancy(), quiet=output.Mode.quiet))
+    plan.lock.workers[name] = result.entry
+    version = result.entry.version
+    if declared is None:
+        fields: dict[str, Any] = {"name": name, "image": req.text}
+        if isolation:
+            fields["isolation"] = isolation
+        plan.text = add_entry(plan.text, fields)
+        plan.added.append(name)
+        plan.messages.append(f"added {name} {version} to config.yaml and iii.lock")
+    elif result.unchanged:
+        plan.unchanged.append(name)
+        plan.messages.append(f"reinstalled {name} {version}" if force else f"{name} {version} is already installed")
+    else:
+        plan.updated.append(name)
+        plan.messages.append(f"locked {name} {version} in iii.lock")
+    for dep, spec in (result.manifest.dependencies.items() if result.manifest is not None else ()):
+        add_dependency(plan, canonical_name(dep), spec, name)
 
 
 def _is_local(plan: Plan, name: str) -> bool:
@@ -353,6 +397,7 @@ def _after_commit(args: argparse.Namespace, project: Project, plan: Plan, restar
             return {n: "no-engine" for n in names}
         enabled = plan.declared()
         waiting = [n for n in names if n in enabled and enabled[n].enabled]
-        return wait_ready(session, waiting, float(opt(args, "wait_timeout", 60.0)))
+        expect = {n: plan.lock.workers[n].version for n in plan.updated if n in plan.lock.workers}
+        return wait_ready(session, waiting, float(opt(args, "wait_timeout", 60.0)), expect)
     finally:
         session.close()

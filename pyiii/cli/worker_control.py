@@ -74,7 +74,9 @@ def _declared(args: argparse.Namespace, names: list[str]) -> tuple[Any, list[str
     cfg = read_config(project, required=False)
     canon = [check_name(n) for n in names]
     for name in canon:
-        if cfg is None or cfg.worker(name) is None:
+        # No config file: the engine (a --use-default-config one, §1.2) decides which names
+        # exist, and answers W110 (exit 1) for the others.
+        if cfg is not None and cfg.worker(name) is None:
             raise CliError(f"no worker named '{name}' in config.yaml", wcode="W110", hint="run `iii worker list`")
     return (project, cfg), list(dict.fromkeys(canon))
 
@@ -98,7 +100,7 @@ def run_start(args: argparse.Namespace) -> int:
                 output.plain(f"{name} is already running")
                 results[name] = "running"
                 continue
-            entry = cfg.worker(name)
+            entry = cfg.worker(name) if cfg is not None else None
             if entry is not None and not entry.enabled:
                 output.note(f"{name} is disabled in config.yaml; started for this engine run only")
             status = session.call(f"worker::{args.verb}", {"name": name}, _ACTION_TIMEOUT_S)

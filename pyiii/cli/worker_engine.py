@@ -129,10 +129,14 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def wait_ready(session: EngineSession, names: list[str], timeout_s: float) -> dict[str, str]:
+def wait_ready(session: EngineSession, names: list[str], timeout_s: float,
+               expect: dict[str, str] | None = None) -> dict[str, str]:
     """§3.5: poll `worker::status` every 200 ms until each worker is running and connected, is
     `failed`, or the timeout passes; print the outcome of each. Returns name -> `running`,
-    `failed` or `timeout`."""
+    `failed` or `timeout`.
+
+    `expect` maps a worker to the version just committed: until the engine's hot reload has
+    picked it up, the status still describes the old instance, which must not count as ready."""
     import time
 
     from pyiii.cli import output
@@ -152,6 +156,8 @@ def wait_ready(session: EngineSession, names: list[str], timeout_s: float) -> di
             if not isinstance(status, dict):
                 continue
             last[name] = status
+            if expect and name in expect and status.get("version") not in (None, expect[name]):
+                continue  # still the previous pin: the reload has not reached it yet
             state = status.get("state")
             if state == "running" and status.get("connected"):
                 output.ok(f"{name} is running (connected after {time.monotonic() - started:.1f}s)")

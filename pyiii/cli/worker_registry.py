@@ -242,7 +242,11 @@ def _wait(project: Any, engine: str | None, names: list[str], timeout: float) ->
             output.note(f"the engine is not running; `iii` will start {name}")
         return {name: "no-engine" for name in names}
     try:
-        return wait_ready(session, names, timeout)
+        from pyiii.manager.lockfile import read_lock
+
+        pins = read_lock(project.project_dir).workers
+        expect = {n: pins[n].version for n in names if n in pins}
+        return wait_ready(session, names, timeout, expect)
     finally:
         session.close()
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pyiii.cli import output
@@ -69,8 +70,22 @@ def declared_view(project: Project, cfg: Any, lock: Any, entry: Any) -> dict[str
 
         version = shipped_version()
     return {"name": entry.name, "kind": kind, "version": version, "declared_version": entry.version,
+            "registry": _registry_of(locked), "project_dir": str(project.project_dir), "locked": locked is not None,
             "isolation": entry.isolation, "enabled": entry.enabled, "worker_path": entry.worker_path,
             "image": entry.image}
+
+
+def _registry_of(locked: Any) -> str | None:
+    """The registry a pin came from, read off its locked URL (`./reg/packages/...` → `./reg`)."""
+    if locked is None:
+        return None
+    arts = [locked.package] if locked.package is not None else list(locked.artifacts.values())
+    for art in arts:
+        url = str(getattr(art, "url", "") or "")
+        for marker in ("/packages/", "/binaries/"):
+            if marker in url:
+                return url.split(marker, 1)[0] or None
+    return None
 
 
 def _offline_status(view: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +144,13 @@ def run_list(args: argparse.Namespace) -> int:
                      str(doc.get("isolation") or "-") if session is not None else "-"])
         docs.append(doc)
     for name, status in live.items():
+        if cfg is None and session is not None:
+            # no config file here: an engine running the default configuration (§1.2) shows its own set
+            rows.append([name, str(status.get("type") or status.get("kind") or "-"), str(status.get("version") or "-"),
+                         str(status.get("state") or "stopped"), str(status.get("pid") or "-"),
+                         str(status.get("isolation") or "-")])
+            docs.append(status)
+            continue
         if name not in seen and status.get("state") not in (None, "stopped") and status.get("managed", True):
             if status.get("kind") is None and status.get("declared") is None:
                 continue
@@ -158,9 +180,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 # --------------------------------------------------------------------------- status
 
-def _declared_entry(project: Project, name: str) -> tuple[Any, Any]:
-    cfg = read_config(project, required=False)
-    entry = cfg.worker(name) if cfg is not None else None
+def _declared_entry(project: Project, name: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    cfg = _config_or_note(project, args)  # an invalid file: its error plus the engine's note (§1.5)
+    if cfg is None:
+        return None, None  # no config file: the engine's own set decides (§1.2)
+    entry = cfg.worker(name)
     if entry is None:
         raise CliError(f"no worker named '{name}' in config.yaml", wcode="W110", hint="run `iii worker list`")
     return cfg, entry
@@ -173,16 +197,27 @@ def _kind_text(view: dict[str, Any], entry: Any) -> str:
         return f"{view['kind']} ({entry.image})"
     if entry.kind == "builtin":
         return "builtin (first-party)"
-    return f"{view['kind']} (registry)"
+    return f"{view['kind']} (registry {view['registry']})" if view.get("registry") else f"{view['kind']} (registry)"
 
 
 def _version_text(view: dict[str, Any]) -> str:
     parts = []
     if view["version"]:
-        parts.append(f"{view['version']} ({'manifest' if view['kind'] == 'local' else 'locked'})")
+        origin = "manifest" if view["kind"] == "local" else "locked" if view.get("locked", True) else "shipped"
+        parts.append(f"{view['version']} ({origin})")
     if view["declared_version"]:
         parts.append(f"declared {view['declared_version']}")
     return "; ".join(parts) or "-"
+
+
+def _shown(path: str, project_dir: str | None) -> str:
+    """A path inside the project as the user reads it in the folder (`.iii/logs/hello.log`)."""
+    if project_dir:
+        try:
+            return str(Path(path).relative_to(project_dir))
+        except ValueError:
+            pass
+    return path
 
 
 def _status_lines(view: dict[str, Any], entry: Any, status: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -213,9 +248,9 @@ def _status_lines(view: dict[str, Any], entry: Any, status: dict[str, Any] | Non
         isolation += "; limits: " + ", ".join(f"{k} {v}" for k, v in limits.items())
     lines.append(("isolation", isolation))
     if status.get("install_path"):
-        lines.append(("installed", str(status["install_path"])))
+        lines.append(("installed", _shown(str(status["install_path"]), view.get("project_dir"))))
     if status.get("log_path"):
-        lines.append(("log", str(status["log_path"])))
+        lines.append(("log", _shown(str(status["log_path"]), view.get("project_dir"))))
     if status.get("reason"):
         lines.append(("reason", str(status["reason"])))
     last = status.get("last_exit")
@@ -225,12 +260,39 @@ def _status_lines(view: dict[str, Any], entry: Any, status: dict[str, Any] | Non
     return lines
 
 
+def _engine_only_status(project: Project, name: str, args: argparse.Namespace) -> int:
+    """`status` without a config file: what an engine running the default configuration says."""
+    from types import SimpleNamespace
+
+    from pyiii.cli.worker_engine import connect
+
+    session = connect(project, opt(args, "engine"), required=True)
+    assert session is not None
+    try:
+        status = session.call("worker::status", {"name": name, "log_lines": max(0, args.lines)}, 15.0)
+    finally:
+        session.close()
+    status = status if isinstance(status, dict) else {}
+    tail = [str(line) for line in status.get("log_tail") or []]
+    if opt(args, "json"):
+        output.emit_json({"ok": True, **status, "log_tail": tail})
+        return 0
+    kind = str(status.get("kind") or "builtin")
+    entry = SimpleNamespace(kind=kind, worker_path=None, image=None)
+    view = {"name": name, "kind": str(status.get("type") or kind), "version": status.get("version"),
+            "declared_version": None, "isolation": status.get("isolation"), "locked": False}
+    _print_status(_status_lines(view, entry, status), tail)
+    return 0
+
+
 def run_status(args: argparse.Namespace) -> int:
     from pyiii.cli.worker_engine import connect
 
     name = check_name(args.name)
     project = project_of(args)
-    cfg, entry = _declared_entry(project, name)
+    cfg, entry = _declared_entry(project, name, args)
+    if entry is None:
+        return _engine_only_status(project, name, args)
     view = declared_view(project, cfg, _lock(project), entry)
     try:
         session = connect(project, opt(args, "engine"), required=True)

@@ -62,6 +62,8 @@ class Launcher:
         wanted = entry.isolation
         if entry.kind == "builtin" and wanted in ("auto", "in-process"):
             return IsolationChoice("in-process")
+        if entry.kind == "oci" and wanted != "process" and not self.probe.available:
+            return IsolationChoice("namespace", self.probe.reason, impossible=True)  # never bare
         if wanted == "process":
             return IsolationChoice("process")
         if self.probe.available:
@@ -73,6 +75,10 @@ class Launcher:
     async def prepare(self, entry: WorkerEntry, project: ProjectConfig, worker_log: WorkerLog,
                       choice: IsolationChoice, locked: Any = None) -> Launch:
         """The Launch of one start; ``locked`` is the worker's iii.lock entry (registry kind)."""
+        if entry.kind == "oci" or (locked is not None and locked.type == "image"):
+            from .oci.starter import prepare_image
+
+            return await prepare_image(self, entry, project, worker_log, choice, locked)
         if choice.impossible:
             raise StartError("W161", f"namespace isolation is impossible: {choice.reason}")
         work_dir = project.project_dir / "data" / "managed" / entry.name
@@ -105,7 +111,7 @@ class Launcher:
             manifest_env, version = dict(manifest.env), manifest.version
             label = "local" + (f" {manifest.version}" if manifest.version else "")
         elif entry.kind == "oci":
-            raise StartError("W141", "OCI image workers are not supported by this engine yet")
+            raise AssertionError("image workers are prepared by prepare_image")
         else:
             folder, command, manifest_env, version = await self._registry(entry, project, worker_log,
                                                                            locked)

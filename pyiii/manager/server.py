@@ -84,30 +84,36 @@ class Server:
         return project
 
     async def run(self) -> int:
-        try:
-            self.project = self._load()
-        except LOAD_ERRORS as exc:
-            sys.stderr.write(f"error: {exc}\n")  # the CLI's error format (cli.md §1.1)
-            return 1
-        for warning in self.project.warnings:
-            log.warning("%s", warning)
+        # Startup order of cli.md §1.4: the engine lock, then recovery of an interrupted commit,
+        # then the files, so a journal left behind by a killed command is undone before the
+        # (possibly half-written) pair is read.
         if not self.options.use_default_config:
-            self.lock = EngineLock(self.project.project_dir)
+            project_dir = self.options.config_path.parent
+            self.lock = EngineLock(project_dir)
             try:
                 self.lock.acquire()
             except ProjectBusy as exc:
                 log.error("another engine is already running for this project (%s)", exc)
                 return 1
-            restored = recover(self.project.project_dir / ".iii")
+            try:
+                restored = recover(project_dir / ".iii")
+            except TransactionError as exc:
+                sys.stderr.write(f"error: {exc}\n")
+                self.lock.release()
+                return 1
             if restored is not None:
                 log.warning("warning: restored config.yaml and iii.lock from an interrupted iii "
                             "worker command (pid %d)", restored)
-                try:
-                    self.project = self._load()
-                except LOAD_ERRORS as exc:
-                    sys.stderr.write(f"error: {exc}\n")
-                    self.lock.release()
-                    return 1
+        try:
+            self.project = self._load()
+        except LOAD_ERRORS as exc:
+            sys.stderr.write(f"error: {exc}\n")  # the CLI's error format (cli.md §1.1)
+            if self.lock is not None:
+                self.lock.release()
+            return 1
+        for warning in self.project.warnings:
+            log.warning("%s", warning)
+        if not self.options.use_default_config:
             stop_leftovers(self.project.project_dir)
         try:
             return await self._serve()

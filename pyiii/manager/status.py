@@ -34,6 +34,9 @@ def worker_status(sup: "Supervisor", record: "Record") -> dict[str, Any]:
         version = locked.version
         if launch is not None and isolation != "in-process":
             install_path = launch.env.get("III_WORKER_DIR")
+    if entry.kind == "registry" and launch is not None and launch.env.get("III_WORKER_VERSION"):
+        # what the process actually runs: during a reload the lock may already name the next pin
+        version = launch.env["III_WORKER_VERSION"]
     log_path = None if isolation == "in-process" else sup.log_path(entry.name)
     state = record.state
     reason = process.reason if process is not None and process.reason else record.reason

@@ -128,7 +128,7 @@ class Supervisor:
         return self.lock.workers.get(name) if self.lock is not None else None
 
     def _identity(self, entry: WorkerEntry) -> Any:
-        found = self.locked(entry.name) if entry.kind == "registry" else None
+        found = self.locked(entry.name) if entry.kind in ("registry", "oci") else None
         return found.identity() if found is not None else None
 
     async def _apply(self, project: ProjectConfig) -> None:

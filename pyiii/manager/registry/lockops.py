@@ -156,13 +156,14 @@ def sync(config: Any, lock: Lock, *, project_dir: Path, cache: Cache, progress: 
     check.raise_drift()
     report = SyncReport(warnings=check.warnings)
     todo: set[str] = set()
+    images: list[tuple[str, LockEntry]] = []
     for name, entry, kind in _locked_workers(config, lock):
         if kind == "local":
             report.skipped[name] = "local"
         elif kind == "builtin" or entry is None:
             continue
         elif entry.type == "image":
-            report.skipped[name] = "image"
+            images.append((name, entry))
         elif is_current(project_dir, name, entry, platform):
             report.current.append(name)
         else:
@@ -170,8 +171,27 @@ def sync(config: Any, lock: Lock, *, project_dir: Path, cache: Cache, progress: 
     plan = Plan(lock, lock)
     stage_installs(plan, todo, project_dir=project_dir, cache=cache, progress=progress, stager=stager,
                    platform=platform, offline=offline, output=output)
-    report.installed = sorted(plan.installed)
+    pulled = _sync_images(images, cache, progress, offline, report)
+    report.installed = sorted({*plan.installed, *pulled})
     return report
+
+
+def _sync_images(images: list[tuple[str, LockEntry]], cache: Cache, progress: Progress, offline: bool,
+                 report: SyncReport) -> list[str]:
+    """Locked images whose cached root is missing are pulled by their digest (§9.7)."""
+    from ..oci.starter import ensure_image
+    from ..oci.store import cached_image
+
+    pulled = []
+    for name, entry in images:
+        if cached_image(cache, entry.digest or "") is not None:
+            report.current.append(name)
+        elif offline:
+            report.skipped[name] = "image (offline)"
+        else:
+            ensure_image(entry, cache, progress)
+            pulled.append(name)
+    return pulled
 
 
 def sync_frozen(config: Any, lock: Lock, *, project_dir: Path, progress: Progress, offline: bool = False,
@@ -186,7 +206,16 @@ def sync_frozen(config: Any, lock: Lock, *, project_dir: Path, progress: Progres
     try:
         private = Cache(scratch)
         for name, entry in sorted(lock.workers.items()):
-            if entry.type in ("builtin", "image"):
+            if entry.type == "builtin":
+                continue
+            if entry.type == "image":  # the pinned manifest must still be served, unchanged
+                if offline:
+                    report.not_checked.append(name)
+                else:
+                    from ..oci.store import check_locked
+
+                    check_locked(entry, private)
+                    report.verified += 1
                 continue
             installed = is_current(project_dir, name, entry, platform)
             arts = [entry.package] if entry.type == "package" else list(entry.artifacts.values())
