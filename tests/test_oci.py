@@ -156,15 +156,17 @@ def registry():
         loop.close()
 
 
-def host_shell_layer() -> bytes:
-    """/bin/sh of this machine with the shared libraries it loads (per ldd), so the image's
-    root can run it without anything from the host."""
-    shell = os.path.realpath("/bin/sh")
-    files = {"bin/sh": shell}
-    for line in subprocess.run(["ldd", shell], capture_output=True, text=True, check=True).stdout.splitlines():
-        for path in re.findall(r"(/\S+)", line):
-            if os.path.isfile(path):
-                files[path.lstrip("/")] = os.path.realpath(path)
+def host_shell_layer(*programs: str) -> bytes:
+    """/bin/sh of this machine (and ``programs``, found on PATH, put in /bin) with the shared
+    libraries they load (per ldd), so the image's root can run them without the host."""
+    files = {}
+    for program in ("sh", *programs):
+        real = os.path.realpath(shutil.which(program) or program)
+        files[f"bin/{program}"] = real
+        for line in subprocess.run(["ldd", real], capture_output=True, text=True, check=True).stdout.splitlines():
+            for path in re.findall(r"(/\S+)", line):
+                if os.path.isfile(path):
+                    files[path.lstrip("/")] = os.path.realpath(path)
     return tar_gz([(name, ("exec", Path(real).read_bytes())) for name, real in sorted(files.items())])
 
 
@@ -326,10 +328,13 @@ def test_engine_runs_the_image_in_its_own_root(iii_procs, registry):
     assert any("note: the image's User '1000' is not applied" in line for line in lines)
     assert (project / "data" / "managed" / "echo" / "out.txt").read_text() == "saved\n"
     digest = parse_lock((project / "iii.lock").read_text()).workers["echo"].digest
-    assert (project / ".iii" / "install" / "echo" / f"oci-{digest[7:19]}").is_dir()
+    install = project / ".iii" / "install" / "echo" / f"oci-{digest[7:19]}"
+    assert install.is_dir()
     status = iii_procs.run("worker", "status", "echo", "--json", cwd=project)
     doc = json.loads(status.stdout)
-    assert (doc["kind"], doc["type"], doc["isolation"], doc["reason"]) == ("oci", "image", "namespace", None)
+    assert (doc["kind"], doc["type"], doc["version"], doc["isolation"], doc["rootfs"], doc["reason"]) == (
+        "oci", "image", "1.0", "namespace", "read-only", None)
+    assert Path(doc["install_path"]) == install.resolve()
 
 
 def test_without_bubblewrap_the_image_worker_fails(iii_procs, registry):
@@ -457,3 +462,94 @@ def test_registry_published_image_runs_from_its_digest(iii_procs, registry):
     lines = log.read_text().splitlines()
     assert "greeting=from-entry" in lines and "args=echo --flag" in lines
     assert any(line.endswith("installing echo 1.4.0") for line in lines)
+
+
+def sleeper_image(reg: Registry) -> str:
+    """An image whose worker stays up (``sleep``) in ``WorkingDir`` /srv, holding srv/hello.txt."""
+    run = {"Entrypoint": ["/bin/sh", "-c", "echo up; exec sleep 600"], "WorkingDir": "/srv",
+           "Env": ["PATH=/bin", "FROM_IMAGE=yes"]}
+    files = tar_gz([("srv", None), ("srv/hello.txt", b"hello from the image\n")])
+    return reg.index("demo/sleeper", "2.0", [reg.manifest("demo/sleeper", [host_shell_layer("sleep"), files], run)])
+
+
+@needs_ns
+def test_status_and_exec_of_a_running_image_worker(iii_procs, registry):
+    """`status` reports the locked version, a read-only root and the oci-<id> install folder;
+    `exec` runs inside the image's root, in its WorkingDir unless -w says otherwise."""
+    digest = sleeper_image(registry)
+    project = new_project(iii_procs)
+    assert iii_procs.run("worker", "add", f"{registry.host}/demo/sleeper:2.0", cwd=project).returncode == 0
+    engine = iii_procs.engine(project)
+    engine.wait_ready()
+    log = project / ".iii" / "logs" / "sleeper.log"
+    wait_for(lambda: log.exists() and "up" in log.read_text().splitlines(), 20, what="sleeper's output")
+    doc = json.loads(iii_procs.run("worker", "status", "sleeper", "--json", cwd=project).stdout)
+    assert (doc["kind"], doc["type"], doc["version"], doc["isolation"], doc["rootfs"]) == (
+        "oci", "image", "2.0", "namespace", "read-only")
+    assert Path(doc["install_path"]) == (project / ".iii" / "install" / "sleeper" / f"oci-{digest[7:19]}").resolve()
+    assert isinstance(doc["pid"], int)
+
+    script = 'echo "cwd=$(pwd)"; read l < /srv/hello.txt; echo "$l"; echo "$III_WORKER_NAME $FROM_IMAGE $EXTRA"'
+    r = iii_procs.run("worker", "exec", "sleeper", "-e", "EXTRA=given", "--", "/bin/sh", "-c", script, cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "cwd=/srv\nhello from the image\nsleeper yes given\n"
+    r = iii_procs.run("worker", "exec", "sleeper", "-w", "/iii/data", "--", "/bin/sh", "-c",
+                      "pwd; echo x > made.txt; test -e /usr/bin/python3 || echo no-host-root", cwd=project)
+    assert (r.returncode, r.stdout) == (0, "/iii/data\nno-host-root\n"), r.stderr
+    assert (project / "data" / "managed" / "sleeper" / "made.txt").read_text() == "x\n"
+    r = iii_procs.run("worker", "exec", "sleeper", "--", "/bin/sh", "-c", "exit 5", cwd=project)
+    assert r.returncode == 5
+    assert iii_procs.run("worker", "exec", "sleeper", "--", "/no/such", cwd=project).returncode == 127
+
+
+def test_update_repins_a_moved_tag(iii_procs, registry):
+    """§4.9: `update` re-resolves an image's tag; a moved tag gets its new digest pinned."""
+    first = registry.index("demo/app", "1", [registry.manifest("demo/app", [tar_gz([("a", b"1")])], {"Cmd": ["/a"]})])
+    project = new_project(iii_procs)
+    ref = f"{registry.host}/demo/app:1"
+    assert iii_procs.run("worker", "add", ref, cwd=project).returncode == 0
+    r = iii_procs.run("worker", "update", cwd=project)
+    assert r.returncode == 0 and "ok: everything is up to date" in r.stderr, r.stderr
+    second = registry.index("demo/app", "1", [registry.manifest("demo/app", [tar_gz([("a", b"2")])], {"Cmd": ["/a"]})])
+    before = (project / "config.yaml").read_bytes()
+    r = iii_procs.run("worker", "update", "app", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert f"app {first[:11]}… → {second[:11]}…" in r.stderr
+    assert "ok: updated iii.lock (1 changed)" in r.stderr
+    entry = parse_lock((project / "iii.lock").read_text()).workers["app"]
+    assert (entry.version, entry.image, entry.digest) == ("1", ref, second)
+    assert (project / "config.yaml").read_bytes() == before
+    root = Path(iii_procs.env["III_CACHE_DIR"]) / "oci" / "rootfs" / second[7:]
+    assert (root / "a").read_bytes() == b"2"
+
+    pinned = f"{registry.host}/demo/app@{second}"
+    assert iii_procs.run("worker", "add", "--name", "pinned", pinned, cwd=project).returncode == 0
+    registry.index("demo/app", "1", [registry.manifest("demo/app", [tar_gz([("a", b"3")])], {"Cmd": ["/a"]})])
+    r = iii_procs.run("worker", "update", "pinned", cwd=project)
+    assert r.returncode == 0 and "ok: everything is up to date" in r.stderr, r.stderr
+    r = iii_procs.run("worker", "update", "--offline", "app", cwd=project)
+    assert "warning: app: image tag not checked (offline)" in r.stderr and "everything is up to date" in r.stderr
+
+
+def test_clear_deletes_an_images_cache_entries_it_does_not_share(iii_procs, registry):
+    """§4.3: `clear` deletes the image's root, <hex>.json and blobs, keeping the blobs another
+    locked image uses; config.yaml and iii.lock stay as they were."""
+    shared, own_a, own_b = tar_gz([("lib", b"shared")]), tar_gz([("a", b"a")]), tar_gz([("b", b"b")])
+    da = registry.index("demo/a", "1", [registry.manifest("demo/a", [shared, own_a], {"Cmd": ["/a"]})])
+    db = registry.index("demo/b", "1", [registry.manifest("demo/b", [shared, own_b], {"Cmd": ["/b"]})])
+    project = new_project(iii_procs)
+    for repo in ("a", "b"):
+        assert iii_procs.run("worker", "add", f"{registry.host}/demo/{repo}:1", cwd=project).returncode == 0
+    cache = Cache(Path(iii_procs.env["III_CACHE_DIR"]))
+    owned_a, owned_b = set(cache_entries(cache, da)), set(cache_entries(cache, db))
+    assert cache.blob_path(sha(shared)[7:]) in owned_a & owned_b and len(owned_a) == 8  # root, json, lock, index, manifest, config, 2 layers
+    files = snapshot(project)
+    r = iii_procs.run("worker", "clear", "-y", "a", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"ok: cleared a \(\d+(\.\d)? k?B freed\)", r.stderr), r.stderr
+    assert [p for p in owned_a if p.exists()] == [cache.blob_path(sha(shared)[7:])]
+    assert all(p.exists() for p in owned_b)
+    assert not (project / ".iii" / "install" / "a").exists() and snapshot(project) == files
+    r = iii_procs.run("worker", "clear", "-y", "b", cwd=project)
+    assert r.returncode == 0 and not any(p.exists() for p in owned_a | owned_b)
+    assert snapshot(project) == files

@@ -17,7 +17,9 @@ from pyiii.manager.oci import manifests
 from pyiii.manager.oci.client import parse_challenge
 from pyiii.manager.oci.layers import apply_layer, apply_layers, resolve
 from pyiii.manager.oci.reference import parse_reference
-from pyiii.manager.oci.run import add_mount_points, bwrap_image_args, command_of, image_env, working_dir
+from pyiii.manager.oci.run import (
+    add_mount_points, bwrap_image_args, command_of, image_env, image_install_dir, working_dir,
+)
 from pyiii.manager.registry.errors import ManagerError
 
 H = "a" * 64
@@ -239,3 +241,80 @@ def test_mount_points_and_bwrap_options(tmp_path: Path) -> None:
                         "--hostname", "iii-echo", "--ro-bind", str(root), "/"]
     assert args[-3:] == ["--bind", str((tmp_path / "work").resolve()), "/iii/data"]
     assert ["--ro-bind", "/etc/hosts", "/etc/hosts"] == args[args.index("/etc/hosts") - 1:args.index("/etc/hosts") + 2]
+
+
+def test_install_folder_spawn_folder_and_exec_argv(tmp_path: Path) -> None:
+    """The image worker's install folder is keyed by the locked digest (§9.7); a sandboxed
+    worker's ``cwd`` is a folder inside its root, so bwrap is spawned from "/"; exec joins the
+    sandbox with nsenter reaching that folder through the target's root."""
+    from pyiii.manager.child import Launch, host_cwd
+    from pyiii.manager.exec import build_argv
+    from pyiii.manager.status import _rootfs
+
+    assert image_install_dir(tmp_path, "echo", "sha256:" + "0123456789ab" + "c" * 52) == \
+        tmp_path / ".iii" / "install" / "echo" / "oci-0123456789ab"
+    boxed = Launch(argv=["bwrap"], cwd=Path("/app"), env={}, isolation="namespace", label="image 1.0",
+                   sandbox_args=["--ro-bind", "/r", "/"], bwrap="/usr/bin/bwrap")
+    plain = Launch(argv=["app"], cwd=tmp_path, env={}, isolation="process", label="local")
+    assert (host_cwd(boxed), host_cwd(plain)) == ("/", str(tmp_path))
+    assert build_argv(plain, 123, ["ls"], "/x") == (["ls"], False)
+    assert build_argv(boxed, None, ["ls"], "/app") == (
+        ["/usr/bin/bwrap", "--ro-bind", "/r", "/", "--chdir", "/app", "--", "ls"], False)
+    assert (_rootfs("namespace", True, True), _rootfs("namespace", True, False), _rootfs("namespace", False, True),
+            _rootfs("process", True, False)) == ("read-only", "host", None, None)
+
+
+def test_registry_token_is_not_sent_to_a_redirected_host() -> None:
+    """Blob redirects point at a storage host: the shared GET drops ``Authorization`` there,
+    keeps it on the same host, and reports an unreachable registry as W141 for images."""
+    import http.server
+    import socket
+    import threading
+
+    from pyiii.manager.oci.client import get
+
+    seen: list[tuple[int, str, str | None]] = []
+
+    def server(target: str | None) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                seen.append((self.server.server_address[1], self.path, self.headers.get("Authorization")))
+                if target and self.path == "/v2/blob":
+                    self.send_response(307)
+                    self.send_header("Location", target)
+                elif self.path == "/v2/same":
+                    self.send_response(302)
+                    self.send_header("Location", "/v2/final")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    storage = server(None)
+    registry = server(f"http://127.0.0.1:{storage.server_address[1]}/data")
+    try:
+        reg, sto = registry.server_address[1], storage.server_address[1]
+        for path in ("/v2/blob", "/v2/same"):
+            resp = get(f"http://127.0.0.1:{reg}{path}", {"Authorization": "Bearer tok"})
+            assert resp.status == 200
+            resp.close()
+        assert seen == [(reg, "/v2/blob", "Bearer tok"), (sto, "/data", None),
+                        (reg, "/v2/same", "Bearer tok"), (reg, "/v2/final", "Bearer tok")]
+    finally:
+        registry.shutdown()
+        storage.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from pyiii.manager.registry import httpget
+
+    with pytest.raises(ManagerError) as err:
+        httpget.open_url(f"http://127.0.0.1:{port}/v2/x", code="W141", sleep=lambda s: None)
+    assert err.value.code == "W141" and err.value.message == f"cannot reach http://127.0.0.1:{port}/v2/x: connection refused"

@@ -14,22 +14,12 @@ import time
 from pathlib import Path
 
 from tests.iii_process import III_CMD, IIIProcs, iii_procs, kill_group, manager_config, wait_for  # noqa: F401
+from pyiii.manager.runrecord import pid_alive
 from tests.test_worker_cli import init_svc, snapshot
 
 MANAGED_SVC = Path(__file__).resolve().parent / "workers" / "managed" / "svc" / "main.py"
 PEER_MODULES = Path(__file__).resolve().parent / "peers" / "node_modules"  # holds iii-sdk 0.22
 BASE = manager_config(0, "  - name: iii-state   # memory only\n    config: {adapter: memory}\n")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def listed(procs: IIIProcs, project: Path) -> dict[str, dict]:

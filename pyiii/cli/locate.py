@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyiii.cli.output import EXIT_NO_ENGINE, CliError, UsageError
+from pyiii.manager.runrecord import pid_alive
 
 DEFAULT_ENGINE_PORT = 49134
 HANDSHAKE_TIMEOUT_S = 2.0
@@ -73,16 +74,6 @@ def normalise_url(url: str) -> str:
         return f"ws://{url}"
     scheme, rest = url.split("://", 1)
     return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower()) + "://" + rest
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def lock_held(path: Path) -> bool:

@@ -188,9 +188,20 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def _artifacts(project: Project, name: str, lock: Any, data: bool) -> list[Path]:
+def _image_paths(lock: Any, names: set[str]) -> set[Path]:
+    """The cache paths of the locked images of ``names`` (manifests, config, layers, root)."""
+    from pyiii.manager.oci.store import cache_entries
+    from pyiii.manager.registry.cache import Cache, cache_dir
+
+    cache = Cache(cache_dir())
+    return {p for n, e in (lock.workers.items() if lock is not None else ()) if n in names and e.digest
+            for p in cache_entries(cache, e.digest)}
+
+
+def _artifacts(project: Project, name: str, lock: Any, data: bool, shared: set[Path] = frozenset()) -> list[Path]:
     """Everything `clear` deletes for one worker: its install folder, the cache entries its lock
-    entry names, and with --data its work folder."""
+    entry names (an image's blobs only where no image that stays uses them: ``shared``), and
+    with --data its work folder."""
     from pyiii.manager.registry.cache import Cache, cache_dir
 
     paths = [project.state_dir / "install" / name]
@@ -202,7 +213,7 @@ def _artifacts(project: Project, name: str, lock: Any, data: bool) -> list[Path]
             hashes.append(entry.package.sha256)
         paths += [cache.blob_path(h) for h in hashes]
         if entry.digest:
-            paths.append(cache.root / "oci" / "rootfs" / entry.digest.split(":", 1)[-1])
+            paths += [p for p in sorted(_image_paths(lock, {name})) if p not in shared]
     if data:
         paths.append(project.project_dir / "data" / "managed" / name)
     return [p for p in paths if p.exists()]
@@ -233,11 +244,13 @@ def run_clear(args: argparse.Namespace) -> int:
                                hint=f"stop it first with `iii worker stop -y {name}`")
             if name not in declared and not _artifacts(project, name, lock, opt(args, "data")):
                 raise CliError(f"no worker named '{name}' and nothing installed for it", wcode="W110")
+        clearing = {n for n in targets if states.get(n) not in ACTIVE_STATES}
+        shared = _image_paths(lock, set(lock.workers) - clearing) if lock is not None else set()
         for name in targets:
             if states.get(name) in ACTIVE_STATES:
                 output.warning(f"skipped {name} (running)")
                 continue
-            paths = _artifacts(project, name, lock, opt(args, "data"))
+            paths = _artifacts(project, name, lock, opt(args, "data"), shared)
             freed = sum(_size(p) for p in paths)
             for path in paths:
                 if path.is_dir() and not path.is_symlink():

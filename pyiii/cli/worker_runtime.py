@@ -260,6 +260,16 @@ def _status_lines(view: dict[str, Any], entry: Any, status: dict[str, Any] | Non
     return lines
 
 
+def _fetch_status(session: Any, name: str, lines: int) -> tuple[dict[str, Any], list[str]]:
+    """``worker::status`` of ``name`` with its last ``lines`` log lines; closes the session."""
+    try:
+        status = session.call("worker::status", {"name": name, "log_lines": max(0, lines)}, 15.0)
+    finally:
+        session.close()
+    status = status if isinstance(status, dict) else {}
+    return status, [str(line) for line in status.get("log_tail") or []]
+
+
 def _engine_only_status(project: Project, name: str, args: argparse.Namespace) -> int:
     """`status` without a config file: what an engine running the default configuration says."""
     from types import SimpleNamespace
@@ -268,12 +278,7 @@ def _engine_only_status(project: Project, name: str, args: argparse.Namespace) -
 
     session = connect(project, opt(args, "engine"), required=True)
     assert session is not None
-    try:
-        status = session.call("worker::status", {"name": name, "log_lines": max(0, args.lines)}, 15.0)
-    finally:
-        session.close()
-    status = status if isinstance(status, dict) else {}
-    tail = [str(line) for line in status.get("log_tail") or []]
+    status, tail = _fetch_status(session, name, args.lines)
     if opt(args, "json"):
         output.emit_json({"ok": True, **status, "log_tail": tail})
         return 0
@@ -306,12 +311,7 @@ def run_status(args: argparse.Namespace) -> int:
         _print_status(_status_lines(view, entry, None), [])
         raise
     assert session is not None
-    try:
-        status = session.call("worker::status", {"name": name, "log_lines": max(0, args.lines)}, 15.0)
-    finally:
-        session.close()
-    status = status if isinstance(status, dict) else {}
-    tail = [str(line) for line in status.get("log_tail") or []]
+    status, tail = _fetch_status(session, name, args.lines)
     probe = (session.listing or {}).get("isolation_probe")
     if opt(args, "json"):
         output.emit_json({"ok": True, **status, "log_tail": tail})

@@ -95,7 +95,7 @@ def _key_text(k: Any) -> str:
     return "true" if k is True else "false" if k is False else "null" if k is None else str(_plain(k))
 
 
-def _pos(node: Any, key: Any = None, of_key: bool = False) -> tuple[int | None, int | None]:
+def node_position(node: Any, key: Any = None, of_key: bool = False) -> tuple[int | None, int | None]:
     """1-based (line, col) of a node, of a mapping value / key, or of a sequence item."""
     lc = getattr(node, "lc", None)
     if lc is None:
@@ -137,11 +137,11 @@ class _Loader:
         if doc is None:
             doc = {}
         if not isinstance(doc, Mapping):
-            raise self.error("the top level must be a mapping (workers: ...)", _pos(doc) if hasattr(doc, "lc") else (1, 1))
+            raise self.error("the top level must be a mapping (workers: ...)", node_position(doc) if hasattr(doc, "lc") else (1, 1))
         for key in doc:
             if key not in TOP_LEVEL_KEYS:
                 raise self.error(f"unknown key '{key}'{_did_you_mean(str(key), TOP_LEVEL_KEYS)}",
-                                 _pos(doc, key, of_key=True), str(key))
+                                 node_position(doc, key, of_key=True), str(key))
         self.expand(doc)
         warnings: list[str] = []
         entries: list[WorkerEntry] = []
@@ -150,7 +150,7 @@ class _Loader:
             if seq is None:
                 continue
             if not isinstance(seq, list):
-                raise self.error(f"{section} must be a list of worker entries", _pos(doc, section), section)
+                raise self.error(f"{section} must be a list of worker entries", node_position(doc, section), section)
             if section == "modules" and seq:
                 warnings.append("'modules' is the old name of 'workers'; its entries are read as workers")
             for i in range(len(seq)):
@@ -180,7 +180,7 @@ class _Loader:
         try:
             return expand_scalar(value, self.env, plain=type(value) is str)
         except UnsetVariable as exc:
-            line, col = _pos(node, key)
+            line, col = node_position(node, key)
             ref = _REF.match(value, exc.offset)
             if line is not None and col is not None and ref is not None and line <= len(self.lines):
                 found = self.lines[line - 1].find(ref.group(0), col - 1)
@@ -191,7 +191,7 @@ class _Loader:
 
     def source_text(self, node: Any, key: Any) -> str:
         """The scalar as written, for `quote it:` hints."""
-        line, col = _pos(node, key)
+        line, col = node_position(node, key)
         if line is not None and col is not None and line <= len(self.lines):
             text = re.match(r"[^,\]}#]*", self.lines[line - 1][col - 1:])
             if text and text.group(0).strip():
@@ -210,17 +210,17 @@ class _Loader:
             hint = ""
             if kind == "str" and not isinstance(value, (Mapping, list)):
                 hint = f'; quote it: {key}: "{self.source_text(node, key)}"'
-            raise self.error(f"{dotted} must be {_NOUN[kind]}{hint}", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must be {_NOUN[kind]}{hint}", node_position(node, key), dotted)
         if kind == "str" and not value:
-            raise self.error(f"{dotted} must not be empty", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must not be empty", node_position(node, key), dotted)
         if minimum is not None and value < minimum:
-            raise self.error(f"{dotted} must be at least {minimum}", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must be at least {minimum}", node_position(node, key), dotted)
         return str(value) if kind == "str" else float(value) if kind == "num" else value
 
     def choice(self, node: Any, key: str, dotted: str, choices: tuple[str, ...], default: str | None) -> str | None:
         value = self.get(node, key, dotted, "str", default)
         if value is not None and value not in choices:
-            raise self.error(f"{dotted} must be one of {', '.join(choices)} (got '{value}')", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must be one of {', '.join(choices)} (got '{value}')", node_position(node, key), dotted)
         return value
 
     def mapping(self, node: Any, key: str, dotted: str, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
@@ -229,11 +229,11 @@ class _Loader:
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            raise self.error(f"{dotted} must be a mapping", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must be a mapping", node_position(node, key), dotted)
         for k in value if allowed is not None else ():
             if k not in allowed:
                 raise self.error(f"unknown key '{k}' in {dotted}{_did_you_mean(str(k), allowed)}",
-                                 _pos(value, k, of_key=True), f"{dotted}.{k}")
+                                 node_position(value, k, of_key=True), f"{dotted}.{k}")
         return value
 
     def string_list(self, node: Any, key: str, dotted: str) -> list[str]:
@@ -241,41 +241,41 @@ class _Loader:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise self.error(f"{dotted} must be a list of strings", _pos(node, key), dotted)
+            raise self.error(f"{dotted} must be a list of strings", node_position(node, key), dotted)
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item:
-                raise self.error(f"{dotted}[{i}] must be a non-empty string", _pos(value, i), f"{dotted}[{i}]")
+                raise self.error(f"{dotted}[{i}] must be a non-empty string", node_position(value, i), f"{dotted}[{i}]")
         return [str(item) for item in value]
 
     # ----------------------------------------------------------------- entries
 
     def entry(self, seq: list[Any], i: int, section: str, index: int) -> WorkerEntry:
-        node, where, pos = seq[i], f"{section}[{i}]", _pos(seq, i)
+        node, where, pos = seq[i], f"{section}[{i}]", node_position(seq, i)
         if not isinstance(node, Mapping):
             raise self.error(f"{where} must be a mapping with a 'name' key", pos, where)
         for key in node:
             if key not in ENTRY_KEYS:
                 raise self.error(f"unknown key '{key}'{_did_you_mean(str(key), ENTRY_KEYS)}",
-                                 _pos(node, key, of_key=True), f"{where}.{key}")
+                                 node_position(node, key, of_key=True), f"{where}.{key}")
         if node.get("name") is None:
             raise self.error(f"{where}: missing required key 'name'", pos, where)
         name = self.get(node, "name", "name", "str")
         if not NAME_RE.fullmatch(name) or ".." in name:
-            raise self.error(f"invalid worker name '{name}': {NAME_RULE}", _pos(node, "name"), f"{where}.name")
+            raise self.error(f"invalid worker name '{name}': {NAME_RULE}", node_position(node, "name"), f"{where}.name")
         canon = canonical_name(name)
         first_party = canon in FIRST_PARTY
         image = self.get(node, "image", "image", "str")
         worker_path = self.get(node, "worker_path", "worker_path", "str")
         version = self.get(node, "version", "version", "str")
         if image is not None and worker_path is not None:
-            raise self.error("'image' and 'worker_path' cannot both be set", _pos(node, "worker_path", True))
+            raise self.error("'image' and 'worker_path' cannot both be set", node_position(node, "worker_path", True))
         if version is not None and (image is not None or worker_path is not None):
             other = "image" if image is not None else "worker_path"
-            raise self.error(f"'version' cannot be combined with '{other}'", _pos(node, "version", True))
+            raise self.error(f"'version' cannot be combined with '{other}'", node_position(node, "version", True))
         if first_party and (image is not None or worker_path is not None):
             key = "image" if image is not None else "worker_path"
             raise self.error(f"'{name}' is the name of a first-party worker; it cannot have '{key}'",
-                             _pos(node, key, True))
+                             node_position(node, key, True))
         kind = ("builtin" if first_party else "oci" if image is not None
                 else "local" if worker_path is not None else "registry")
         isolation = self.isolation(node, canon, first_party)
@@ -293,10 +293,10 @@ class _Loader:
     def isolation(self, node: Any, canon: str, first_party: bool) -> str:
         iso = self.choice(node, "isolation", "isolation", ISOLATIONS, None)
         if iso == "in-process" and not first_party:
-            raise self.error("isolation: in-process is only for first-party workers", _pos(node, "isolation"), "isolation")
+            raise self.error("isolation: in-process is only for first-party workers", node_position(node, "isolation"), "isolation")
         if canon in ALWAYS_ON and iso not in (None, "in-process"):
             raise self.error(f"{canon} always runs in-process; isolation: {iso} is not allowed",
-                             _pos(node, "isolation"), "isolation")
+                             node_position(node, "isolation"), "isolation")
         return iso or ("in-process" if first_party else "auto")
 
     def env_block(self, node: Any) -> dict[str, str]:
@@ -305,7 +305,7 @@ class _Loader:
         for key, value in (block or {}).items():
             if not isinstance(value, str):
                 hint = "" if isinstance(value, (Mapping, list)) else f'; quote it: {key}: "{self.source_text(block, key)}"'
-                raise self.error(f"env.{key} must be a string{hint}", _pos(block, key), f"env.{key}")
+                raise self.error(f"env.{key} must be a string{hint}", node_position(block, key), f"env.{key}")
             env[_key_text(key) if not isinstance(key, str) else str(key)] = str(value)
         return env
 
@@ -316,7 +316,7 @@ class _Loader:
         if isinstance(value, str):
             return RestartPolicy(policy=self.choice(node, "restart", "restart", RESTART_POLICIES, None) or "on-failure")
         if not isinstance(value, Mapping):
-            raise self.error("restart must be always, on-failure, never or a mapping", _pos(node, "restart"), "restart")
+            raise self.error("restart must be always, on-failure, never or a mapping", node_position(node, "restart"), "restart")
         m = self.mapping(node, "restart", "restart", tuple(RestartPolicy.__dataclass_fields__))
         return RestartPolicy(
             self.choice(m, "policy", "restart.policy", RESTART_POLICIES, "on-failure") or "on-failure",
@@ -332,7 +332,7 @@ class _Loader:
             return Resources()
         cpus = self.get(m, "cpus", "resources.cpus", "num", None)
         if cpus is not None and cpus <= 0:
-            raise self.error("resources.cpus must be greater than 0", _pos(m, "cpus"), "resources.cpus")
+            raise self.error("resources.cpus must be greater than 0", node_position(m, "cpus"), "resources.cpus")
         return Resources(self.get(m, "memory", "resources.memory", "int", None, 1), cpus,
                          self.get(m, "pids", "resources.pids", "int", None, 1))
 
@@ -374,7 +374,7 @@ def _positions(node: Any, prefix: str = "", out: dict[str, tuple[int, int]] | No
     items = node.items() if isinstance(node, Mapping) else enumerate(node)
     for key, value in items:
         dotted = f"{prefix}[{key}]" if isinstance(node, list) else f"{prefix}.{key}" if prefix else str(key)
-        line, col = _pos(node, key)
+        line, col = node_position(node, key)
         if line is not None and col is not None:
             out[dotted] = (line, col)
         if isinstance(value, (Mapping, list)) and len(out) < 10000:

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 from ..engine.config import WorkerEntry
 from .logfile import WorkerLog, iso_now
+from .registry.errors import ManagerError
 from .runrecord import RunRecords, group_members, group_tree, signal_group
 
 log = logging.getLogger("pyiii.manager")
@@ -29,13 +30,8 @@ log = logging.getLogger("pyiii.manager")
 CONNECT_WARNING_S = float(os.environ.get("III_CONNECT_WARNING_S", "30"))
 
 
-class StartError(Exception):
+class StartError(ManagerError):
     """The worker cannot be started; ``code`` is a cli.md §0.4 code (W160, W161, W180...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -43,7 +39,7 @@ class Launch:
     """How to run one worker: the full argv (bwrap included), folder, environment, limits."""
 
     argv: list[str]
-    cwd: Path
+    cwd: Path  # the worker's folder; inside the sandbox under namespace isolation
     env: dict[str, str]
     isolation: str  # process | namespace
     label: str  # "builtin", "local 0.1.0": the engine log's `started <name> (<label>, <iso>)`
@@ -51,6 +47,13 @@ class Launch:
     preexec: Callable[[], None] | None = None
     sandbox_args: list[str] = field(default_factory=list)  # bwrap options, for a fresh exec
     bwrap: str | None = None
+
+
+def host_cwd(launch: Launch) -> str:
+    """The folder the host process starts in. A sandboxed worker's ``cwd`` names a folder
+    inside its root (bwrap's ``--chdir``), which need not exist on the host (an image's
+    ``WorkingDir``), so bwrap itself starts in "/", present on both sides."""
+    return "/" if launch.isolation == "namespace" else str(launch.cwd)
 
 
 def _prctl() -> Callable[[int], None] | None:
@@ -166,7 +169,7 @@ class ManagedProcess:
         self.state = "starting"
         self._invalid_config = None
         proc = await asyncio.create_subprocess_exec(
-            *launch.argv, cwd=str(launch.cwd), env=launch.env, stdin=asyncio.subprocess.DEVNULL,
+            *launch.argv, cwd=host_cwd(launch), env=launch.env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, preexec_fn=preexec_for(launch.preexec))
         self.proc, self.pid = proc, proc.pid

@@ -5,8 +5,8 @@ must keep everything else as written (comments, blank lines, key order, quoting,
 collections, `${...}` text, LF or CRLF endings, the final newline), so that adding then removing
 a worker gives back the original bytes.
 
-ruamel.yaml's round-trip loader finds where each entry starts (line and column of every node);
-the edit itself is a splice of whole lines into the original text, which is the only way to be
+ruamel.yaml's round-trip loader finds where each entry starts (line and column of every node,
+:mod:`pyiii.manager.config_layout`); the edit itself is a splice of whole lines into the original text, which is the only way to be
 sure that nothing outside the edited entry moves. Layouts a splice cannot handle safely (a
 non-empty flow list, an entry written as a flow mapping, a dash alone on its line) go through
 ruamel.yaml's round-trip dumper instead. Every result is re-parsed and checked to hold exactly
@@ -25,7 +25,6 @@ import io
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -34,13 +33,13 @@ from ruamel.yaml.error import YAMLError
 
 from pyiii.engine.firstparty import canonical_name
 
-SECTIONS = ("workers", "modules")
+from .config_layout import (
+    SECTIONS, ConfigEditError, Item, Layout, Section, check_entries, entry_names, is_blank, is_comment,
+    line_ending, load_text, newline_of,
+)
+
 _PLAIN_OK = re.compile(r"[A-Za-z0-9_./~^$][^\s#,\[\]{}'\"]*")
 _CLOSE_QUOTE = {"'": re.compile(r"'(?:[^']|'')*'"), '"': re.compile(r'"(?:[^"\\]|\\.)*"')}
-
-
-class ConfigEditError(Exception):
-    """The edit is impossible (no such entry, unparsable file); the text was not changed."""
 
 
 # --------------------------------------------------------------------------- scalars
@@ -67,141 +66,6 @@ def scalar(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-# --------------------------------------------------------------------------- layout
-
-def _load(text: str) -> Any:
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    try:
-        return yaml.load(text)
-    except YAMLError as exc:
-        raise ConfigEditError(f"config.yaml is not valid YAML: {exc}") from None
-
-
-def _is_comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
-
-
-def _is_blank(line: str) -> bool:
-    return not line.strip()
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _ending(line: str) -> str:
-    return "\r\n" if line.endswith("\r\n") else "\n" if line.endswith("\n") else ""
-
-
-def _newline_of(text: str) -> str:
-    first = text.find("\n")
-    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
-
-
-@dataclass
-class _Item:
-    name: str  # canonical
-    start: int  # 0-based line of the dash
-    end: int  # last line holding the entry's content
-
-
-@dataclass
-class _Section:
-    key: str
-    key_line: int
-    style: str  # null | flow-empty | block | other
-    dash_col: int = 2
-    key_col: int = 4
-    items: list[_Item] | None = None
-
-
-class _Layout:
-    """Where the sections and their entries sit in the text, as whole lines."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.lines = text.splitlines(keepends=True)
-        self.newline = _newline_of(text)
-        self.doc = _load(text)
-        if self.doc is not None and not isinstance(self.doc, CommentedMap):
-            raise ConfigEditError("the top level of config.yaml must be a mapping (workers: ...)")
-        self.flow_top = isinstance(self.doc, CommentedMap) and self.doc.fa.flow_style()
-        self.sections = {k: self._section(k) for k in SECTIONS if self.doc is not None and k in self.doc}
-
-    def _section(self, key: str) -> _Section:
-        line = self.doc.lc.key(key)[0]
-        value = self.doc[key]
-        if value is None:
-            return _Section(key, line, "null")
-        if not isinstance(value, CommentedSeq):
-            return _Section(key, line, "other")
-        if len(value) == 0:
-            return _Section(key, line, "flow-empty")
-        if value.fa.flow_style():
-            return _Section(key, line, "other")
-        section = _Section(key, line, "block", items=[])
-        boundaries = []
-        for i, node in enumerate(value):
-            iline, icol = value.lc.item(i)
-            text = self.lines[iline] if iline < len(self.lines) else ""
-            before = text[:icol].rstrip(" ")
-            if not isinstance(node, CommentedMap) or node.fa.flow_style() or not before.endswith("-"):
-                section.style = "other"
-                return section
-            if i == 0:
-                section.dash_col, section.key_col = len(before) - 1, icol
-            boundaries.append(iline)
-        for i, start in enumerate(boundaries):
-            stop = boundaries[i + 1] if i + 1 < len(boundaries) else self._section_end(start, section.dash_col)
-            end = start
-            for j in range(start + 1, stop):
-                if not _is_blank(self.lines[j]) and not _is_comment(self.lines[j]):
-                    end = j
-            name = value[i].get("name")
-            section.items.append(_Item(canonical_name(str(name)) if name is not None else "", start, end))
-        return section
-
-    def _section_end(self, start: int, dash_col: int) -> int:
-        """The first line after the list (a line at or left of the dashes that is not an entry)."""
-        for j in range(start + 1, len(self.lines)):
-            line = self.lines[j]
-            if _is_blank(line) or _is_comment(line):
-                continue
-            if _indent(line) <= dash_col:
-                return j
-        return len(self.lines)
-
-    def comment_above(self, start: int, floor: int) -> int:
-        """First line of the comment block directly above line `start` (not above `floor`)."""
-        first = start
-        while first - 1 > floor and _is_comment(self.lines[first - 1]):
-            first -= 1
-        return first
-
-
-def entry_names(text: str) -> list[str]:
-    """Canonical names of the declared entries, in file order (both sections)."""
-    doc = _load(text)
-    names: list[str] = []
-    for key in SECTIONS:
-        seq = doc.get(key) if isinstance(doc, Mapping) else None
-        for node in seq or []:
-            if isinstance(node, Mapping) and node.get("name") is not None:
-                names.append(canonical_name(str(node["name"])))
-    return names
-
-
-def _check(result: str, expected: list[str]) -> str:
-    try:
-        names = entry_names(result)
-    except ConfigEditError:
-        names = None
-    if names != expected:
-        raise ConfigEditError("internal: the edited config.yaml does not hold the expected entries")
-    return result
-
-
 # --------------------------------------------------------------------------- add
 
 def _entry_lines(fields: Mapping[str, Any], dash_col: int, key_col: int, comment: str | None,
@@ -222,14 +86,14 @@ def add_entry(text: str, fields: Mapping[str, Any], comment: str | None = None) 
     """Append an entry at the end of `workers:` with the file's list indentation."""
     if next(iter(fields), None) != "name":
         raise ValueError("an entry's first field is its name")
-    doc = _load(text) if text.strip() else None
+    doc = load_text(text) if text.strip() else None
     new = canonical_name(str(fields["name"]))
     expected = _section_names(doc, "workers") + [new] + _section_names(doc, "modules")
     try:
-        layout = _Layout(text) if doc is not None else None
-        return _check(_splice_add(text, layout, fields, comment), expected)
+        layout = Layout(text) if doc is not None else None
+        return check_entries(_splice_add(text, layout, fields, comment), expected)
     except _Unsupported:
-        return _check(_ruamel_add(text, fields, comment), expected)
+        return check_entries(_ruamel_add(text, fields, comment), expected)
 
 
 def _section_names(doc: Any, key: str) -> list[str]:
@@ -241,10 +105,10 @@ class _Unsupported(Exception):
     """This layout needs the ruamel.yaml dumper."""
 
 
-def _splice_add(text: str, layout: _Layout | None, fields: Mapping[str, Any], comment: str | None) -> str:
-    newline = _newline_of(text) if text else "\n"
+def _splice_add(text: str, layout: Layout | None, fields: Mapping[str, Any], comment: str | None) -> str:
+    newline = newline_of(text) if text else "\n"
     if layout is None or layout.doc is None:
-        if text.strip() and not all(_is_blank(l) or _is_comment(l) for l in text.splitlines()):
+        if text.strip() and not all(is_blank(l) or is_comment(l) for l in text.splitlines()):
             raise _Unsupported()
         prefix = text if not text or text.endswith("\n") else text + newline
         return prefix + "workers:" + newline + "".join(_entry_lines(fields, 2, 4, comment, newline))
@@ -258,13 +122,13 @@ def _splice_add(text: str, layout: _Layout | None, fields: Mapping[str, Any], co
     if section.style == "block":
         new = _entry_lines(fields, section.dash_col, section.key_col, comment, newline)
         last = section.items[-1].end
-        if not _ending(lines[last]):
+        if not line_ending(lines[last]):
             new[0] = newline + new[0]
             new[-1] = new[-1][: -len(newline)]
         lines[last + 1:last + 1] = new
         return "".join(lines)
     key_line = lines[section.key_line]
-    body, end = key_line[: len(key_line) - len(_ending(key_line))], _ending(key_line)
+    body, end = key_line[: len(key_line) - len(line_ending(key_line))], line_ending(key_line)
     m = re.match(r"^(\s*workers\s*:)(\s*)(\[\s*\]|null|~|Null|NULL)?(\s*(#.*)?)$", body)
     if section.style not in ("null", "flow-empty") or m is None or (section.style == "flow-empty" and not m.group(3)):
         raise _Unsupported()
@@ -285,13 +149,13 @@ def _ruamel_dump(doc: Any, original: str) -> str:
     buf = io.StringIO()
     yaml.dump(doc, buf)
     out = buf.getvalue()
-    if _newline_of(original) == "\r\n":
+    if newline_of(original) == "\r\n":
         out = out.replace("\n", "\r\n")
     return out
 
 
 def _ruamel_add(text: str, fields: Mapping[str, Any], comment: str | None) -> str:
-    doc = _load(text) if text.strip() else None
+    doc = load_text(text) if text.strip() else None
     if doc is None:
         doc = CommentedMap()
     seq = doc.get("workers")
@@ -320,13 +184,13 @@ def set_fields(text: str, name: str, fields: Mapping[str, Any]) -> str:
     """
     expected = entry_names(text)
     try:
-        return _check(_splice_set(text, name, fields), expected)
+        return check_entries(_splice_set(text, name, fields), expected)
     except _Unsupported:
-        return _check(_ruamel_set(text, name, fields), expected)
+        return check_entries(_ruamel_set(text, name, fields), expected)
 
 
 def _splice_set(text: str, name: str, fields: Mapping[str, Any]) -> str:
-    layout = _Layout(text)
+    layout = Layout(text)
     item, section = _find(layout, name)
     lines = list(layout.lines)
     node = layout.doc[section.key][section.items.index(item)]
@@ -339,7 +203,7 @@ def _splice_set(text: str, name: str, fields: Mapping[str, Any]) -> str:
                 raise _Unsupported()
             if value is None:
                 del lines[kline]
-                layout = _Layout("".join(lines))  # positions moved: re-read before the next key
+                layout = Layout("".join(lines))  # positions moved: re-read before the next key
                 item, section = _find(layout, name)
                 lines, node = list(layout.lines), layout.doc[section.key][section.items.index(item)]
                 continue
@@ -349,12 +213,12 @@ def _splice_set(text: str, name: str, fields: Mapping[str, Any]) -> str:
             nline = node.lc.key("name")[0]
             if node.lc.value("name")[0] != nline:
                 raise _Unsupported()
-            insert = " " * node.lc.key("name")[1] + f"{key}: {scalar(value)}" + (_ending(lines[nline]) or layout.newline)
-            if not _ending(lines[nline]):
+            insert = " " * node.lc.key("name")[1] + f"{key}: {scalar(value)}" + (line_ending(lines[nline]) or layout.newline)
+            if not line_ending(lines[nline]):
                 lines[nline] += layout.newline
                 insert = insert[: -len(layout.newline)]
             lines.insert(nline + 1, insert)
-            layout = _Layout("".join(lines))
+            layout = Layout("".join(lines))
             item, section = _find(layout, name)
             lines, node = list(layout.lines), layout.doc[section.key][section.items.index(item)]
     return "".join(lines)
@@ -375,7 +239,7 @@ def _scalar_token(line: str, col: int) -> tuple[int, int] | None:
 
 
 def _ruamel_set(text: str, name: str, fields: Mapping[str, Any]) -> str:
-    doc = _load(text)
+    doc = load_text(text)
     for key in SECTIONS:
         for node in doc.get(key) or []:
             if isinstance(node, Mapping) and canonical_name(str(node.get("name"))) == canonical_name(name):
@@ -390,7 +254,7 @@ def _ruamel_set(text: str, name: str, fields: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- remove
 
-def _find(layout: _Layout, name: str) -> tuple[_Item, _Section]:
+def _find(layout: Layout, name: str) -> tuple[Item, Section]:
     target = canonical_name(name)
     for section in layout.sections.values():
         for item in section.items or []:
@@ -409,30 +273,30 @@ def remove_entry(text: str, name: str) -> str:
     if target not in expected:
         raise ConfigEditError(f"no worker named '{name}' in config.yaml")
     expected.remove(target)
-    layout = _Layout(text)
+    layout = Layout(text)
     try:
         item, section = _find(layout, name)
     except _Unsupported:
-        return _check(_ruamel_remove(text, name), expected)
+        return check_entries(_ruamel_remove(text, name), expected)
     lines = list(layout.lines)
     first = layout.comment_above(item.start, section.key_line)
     last = item.end
-    if last == len(lines) - 1 and not _ending(lines[last]) and first > 0:
-        lines[first - 1] = lines[first - 1][: len(lines[first - 1]) - len(_ending(lines[first - 1]))]
+    if last == len(lines) - 1 and not line_ending(lines[last]) and first > 0:
+        lines[first - 1] = lines[first - 1][: len(lines[first - 1]) - len(line_ending(lines[first - 1]))]
     del lines[first:last + 1]
     if len(section.items) == 1:
         key_line = lines[section.key_line]
-        end = _ending(key_line)
+        end = line_ending(key_line)
         body = key_line[: len(key_line) - len(end)]
         m = re.match(r"^(\s*\w+\s*:)(\s*(#.*)?)$", body)
         if m is None:
-            return _check(_ruamel_remove(text, name), expected)
+            return check_entries(_ruamel_remove(text, name), expected)
         lines[section.key_line] = m.group(1) + " []" + m.group(2) + end
-    return _check("".join(lines), expected)
+    return check_entries("".join(lines), expected)
 
 
 def _ruamel_remove(text: str, name: str) -> str:
-    doc = _load(text)
+    doc = load_text(text)
     for key in SECTIONS:
         seq = doc.get(key)
         for i, node in enumerate(seq or []):

@@ -47,7 +47,12 @@ def build_argv(launch: Launch, pid: int | None, argv: list[str], cwd: str) -> tu
     nsenter = shutil.which("nsenter")
     target = _sandbox_init(pid) if pid is not None else None
     if nsenter and target is not None and _can_join(target):
-        return [nsenter, "-t", str(target), "-m", "-u", "-i", "-p", f"--wd={cwd}", "--", *argv], True
+        # nsenter opens --wd before it enters the namespaces: reach the sandbox's folder through
+        # the target's root, so the command's cwd is the one inside (an image's WorkingDir need
+        # not exist on the host, and a host folder would be unreachable from the new root)
+        folder = os.path.join(str(launch.cwd), cwd)
+        return [nsenter, "-t", str(target), "-m", "-u", "-i", "-p", "-r", f"--wd=/proc/{target}/root{folder}",
+                "--", *argv], True
     assert launch.bwrap is not None
     return [launch.bwrap, *launch.sandbox_args, "--chdir", cwd, "--", *argv], False
 

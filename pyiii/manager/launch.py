@@ -43,6 +43,18 @@ def shell_command(script: str) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
+def startable_manifest(folder: Path) -> Manifest:
+    """The valid ``iii.worker.yaml`` of a local or package worker, which must say how to start
+    it (``scripts.start``); StartError W180 otherwise."""
+    try:
+        manifest = load_manifest(folder)
+    except ManifestError as exc:
+        raise StartError("W180", str(exc)) from None
+    if not manifest.start:
+        raise StartError("W180", f"{manifest.path}: scripts.start is required")
+    return manifest
+
+
 @dataclass(frozen=True)
 class IsolationChoice:
     isolation: str  # in-process | process | namespace
@@ -100,12 +112,7 @@ class Launcher:
             assert worker_dir is not None
             if not worker_dir.is_dir():
                 raise StartError("W110", f"worker folder {worker_dir} does not exist")
-            try:
-                manifest = load_manifest(worker_dir)
-            except ManifestError as exc:
-                raise StartError("W180", str(exc)) from None
-            if not manifest.start:
-                raise StartError("W180", f"{manifest.path}: scripts.start is required")
+            manifest = startable_manifest(worker_dir)
             command = shell_command(manifest.start)
             cwd = writable = worker_dir
             manifest_env, version = dict(manifest.env), manifest.version
@@ -190,12 +197,7 @@ class Launcher:
             exe = folder / (art.entry or entry.name) if art and art.format == "tar.gz" \
                 else folder / "bin" / entry.name
             return folder, [str(exe)], {}, locked.version
-        try:
-            manifest = load_manifest(folder)
-        except ManifestError as exc:
-            raise StartError("W180", str(exc)) from None
-        if not manifest.start:
-            raise StartError("W180", f"{manifest.path}: scripts.start is required")
+        manifest = startable_manifest(folder)
         return folder, shell_command(manifest.start), dict(manifest.env), locked.version
 
     @staticmethod

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 from .child import preexec_for
 from .envbuild import EnvInputs, worker_environment
+from .jsonfile import read_json_object, write_json
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "uv.lock", "poetry.lock", "package.json",
@@ -66,21 +66,6 @@ def fingerprint(folder: Path) -> str:
 
 def state_path(project_dir: Path, name: str) -> Path:
     return project_dir / ".iii" / "install" / name / "local" / "prepared.json"
-
-
-def _read_state(path: Path) -> dict[str, object]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_state(path: Path, state: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _stderr(line: str) -> None:
@@ -138,7 +123,7 @@ async def prepare_local(name: str, folder: Path, project_dir: Path, *,
             work_dir=project_dir / "data" / "managed" / name, isolation="process",
             manifest_env=dict(manifest.env), version=manifest.version))
     path = state_path(project_dir, name)
-    state = _read_state(path)
+    state = read_json_object(path)
     if state.get("folder") != str(folder):
         state = {"folder": str(folder)}  # another folder under the same name: a fresh install
     label = name if manifest.version is None else f"{name} {manifest.version}"
@@ -150,7 +135,7 @@ async def prepare_local(name: str, folder: Path, project_dir: Path, *,
             ran_setup = True
         state["setup_done"] = True
         state.pop("fingerprint", None)
-        _write_state(path, state)
+        write_json(path, state)
     current = fingerprint(folder)
     if state.get("fingerprint") != current:
         if manifest.install:
@@ -158,7 +143,7 @@ async def prepare_local(name: str, folder: Path, project_dir: Path, *,
             await run_script("install", name, manifest.install, folder, env, wrap, output)
             ran_install = True
         state["fingerprint"] = current
-        _write_state(path, state)
+        write_json(path, state)
     return Prepared(manifest, ran_setup, ran_install)
 
 

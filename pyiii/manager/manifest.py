@@ -18,6 +18,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+# config.yaml's reader already knows where a ruamel.yaml node sits (1-based line, column)
+from ..engine.config import node_position
 from ..engine.config_model import NAME_RE, NAME_RULE
 
 log = logging.getLogger("pyiii.manager")
@@ -81,20 +83,6 @@ class Manifest:
         return self.folder / MANIFEST_NAME
 
 
-def _pos(node: Any, key: Any = None, of_key: bool = False) -> tuple[int | None, int | None]:
-    lc = getattr(node, "lc", None)
-    if lc is None:
-        return None, None
-    try:
-        if key is not None:
-            line, col = (lc.item(key) if isinstance(node, list)
-                         else lc.key(key) if of_key else lc.value(key))
-            return line + 1, col + 1
-    except (KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return (lc.line + 1, lc.col + 1) if lc.line is not None else (None, None)
-
-
 def _valid_range(spec: str) -> bool:
     """An npm range; node-semver decides when installed, else a loose shape check."""
     try:
@@ -114,7 +102,7 @@ class _Reader:
 
     def fail(self, message: str, node: Any = None, key: Any = None, dotted: str | None = None,
              of_key: bool = False) -> ManifestError:
-        line, col = _pos(node, key, of_key) if node is not None else (None, None)
+        line, col = node_position(node, key, of_key) if node is not None else (None, None)
         return ManifestError(message, self.path, line, col, dotted)
 
     def text(self, node: Any, key: str, dotted: str, required: bool = False) -> str | None:

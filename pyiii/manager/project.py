@@ -8,11 +8,11 @@ engine listens.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 
 from .. import __version__
+from .jsonfile import read_json_object, write_json
 
 
 class ProjectBusy(Exception):
@@ -40,18 +40,13 @@ class EngineLock:
         self._fd = fd
 
     def _describe_holder(self) -> str:
-        try:
-            info = json.loads(self.info_path.read_text())
-            return f"pid {info.get('pid')}, {info.get('url')}"
-        except (OSError, ValueError):
-            return "pid unknown"
+        info = read_json_object(self.info_path)
+        return f"pid {info.get('pid')}, {info.get('url')}" if info else "pid unknown"
 
     def publish(self, url: str, config_path: Path | None) -> None:
         document = {"pid": os.getpid(), "url": url, "version": __version__,
                     "config": str(config_path) if config_path else None}
-        tmp = self.info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(tmp, self.info_path)
+        write_json(self.info_path, document)
 
     def release(self) -> None:
         if self._fd is None:

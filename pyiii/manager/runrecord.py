@@ -6,13 +6,13 @@ A record holds the worker's pid, its process group and the process start time (f
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+
+from .jsonfile import read_json_object, write_json
 
 log = logging.getLogger("pyiii.manager")
 LEFTOVER_GRACE_S = 5.0
@@ -31,6 +31,8 @@ def start_time(pid: int) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (one owned by another user counts; a zombie does not:
+    it has already exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,12 +82,8 @@ class RunRecords:
         return self.dir / f"{name}.json"
 
     def write(self, name: str, pid: int, isolation: str, command: list[str]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        document = {"pid": pid, "pgid": pid, "start_time": start_time(pid),
-                    "engine_pid": os.getpid(), "isolation": isolation, "command": command}
-        tmp = self.path(name).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(tmp, self.path(name))
+        write_json(self.path(name), {"pid": pid, "pgid": pid, "start_time": start_time(pid),
+                                     "engine_pid": os.getpid(), "isolation": isolation, "command": command})
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
@@ -99,7 +97,7 @@ class RunRecords:
             return stopped
         waiting: list[tuple[str, int, int]] = []
         for path in sorted(self.dir.glob("*.json")):
-            record = _read(path)
+            record = read_json_object(path)
             name = path.stem
             pid, pgid = record.get("pid"), record.get("pgid")
             engine_pid = record.get("engine_pid")
@@ -125,11 +123,3 @@ class RunRecords:
             signal_group(pgid, signal.SIGKILL)
             stopped.append((name, pid))
         return stopped
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -8,11 +8,20 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..engine.firstparty import ALWAYS_ON
 from .local import state_path
+from .oci.run import image_install_dir
 
 if TYPE_CHECKING:
     from .supervisor import Record, Supervisor
 
 _LOCK_TYPE = {"builtin": "builtin", "oci": "image"}
+
+
+def _rootfs(isolation: str | None, launched: bool, image: bool) -> str | None:
+    """What a namespace sandbox's root is: the host's, or the image's (read-only: this bwrap
+    mounts no overlay, spec/cli.md §9.6 "Run")."""
+    if isolation != "namespace" or not launched:
+        return None
+    return "read-only" if image else "host"
 
 
 def worker_status(sup: "Supervisor", record: "Record") -> dict[str, Any]:
@@ -27,14 +36,19 @@ def worker_status(sup: "Supervisor", record: "Record") -> dict[str, Any]:
     elif entry.kind == "local" and launch is not None:
         version = launch.env.get("III_WORKER_VERSION")
     install_path = None
-    locked = sup.locked(entry.name) if entry.kind == "registry" else None
+    locked = sup.locked(entry.name) if entry.kind in ("registry", "oci") else None
+    image = locked is not None and locked.type == "image"
     if entry.kind == "local" and not sup.ephemeral:
         install_path = str(state_path(sup.project.project_dir, entry.name).parent)
+    elif image:
+        version = locked.version
+        if not sup.ephemeral:  # III_WORKER_DIR is the image's WorkingDir, a path inside its root
+            install_path = str(image_install_dir(sup.project.project_dir, entry.name, locked.digest))
     elif locked is not None:
         version = locked.version
         if launch is not None and isolation != "in-process":
             install_path = launch.env.get("III_WORKER_DIR")
-    if entry.kind == "registry" and launch is not None and launch.env.get("III_WORKER_VERSION"):
+    if locked is not None and launch is not None and launch.env.get("III_WORKER_VERSION"):
         # what the process actually runs: during a reload the lock may already name the next pin
         version = launch.env["III_WORKER_VERSION"]
     log_path = None if isolation == "in-process" else sup.log_path(entry.name)
@@ -48,7 +62,7 @@ def worker_status(sup: "Supervisor", record: "Record") -> dict[str, Any]:
         "isolation": isolation,
         "isolation_reason": choice.reason if choice is not None else None,
         "limits": launch.limits if launch is not None else None,
-        "rootfs": "host" if isolation == "namespace" and launch is not None else None,
+        "rootfs": _rootfs(isolation, launch is not None, image),
         "restarts": process.restarts if process is not None else 0,
         "started_at": process.started_at if process is not None else None,
         "last_exit": process.last_exit if process is not None else None,

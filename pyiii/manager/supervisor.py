@@ -23,19 +23,15 @@ from .launch import IsolationChoice, Launcher
 from .limits import LimitPlanner
 from .logfile import WorkerLog
 from .resident import start_in_process
+from .registry.errors import ManagerError
 from .runrecord import RunRecords
 from .sandbox import Probe, probe
 
 log = logging.getLogger("pyiii.manager")
 
 
-class SupervisorError(Exception):
+class SupervisorError(ManagerError):
     """A refused runtime operation; ``code`` is a cli.md §0.4 code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass

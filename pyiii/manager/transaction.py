@@ -78,16 +78,6 @@ def describe_holder(info: dict[str, Any] | None) -> str:
     return f"pid {info.get('pid', '?')}: {text}" if text else f"pid {info.get('pid', '?')}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

@@ -1,83 +1,28 @@
 """A distribution-API client with anonymous Bearer tokens (spec/cli.md §9.6 "Auth").
 
-Requests go through http.client with the registry layer's URL rules (HTTPS, loopback HTTP,
-checked redirects) and timeouts. Redirects are followed here rather than by the shared GET
-helper because blob redirects usually point at a storage host that must not receive the
-registry's token. Only public images are pulled: a Basic challenge or a refused token is W141.
+Requests go through the registry layer's GET (its URL rules: HTTPS, loopback HTTP, checked
+redirects that never carry the token to another host; its timeouts and retries). Only public
+images are pulled: a Basic challenge or a refused token is W141.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import ssl
-import time
-from typing import Callable
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode
 
 from ..registry.errors import ManagerError
-from ..registry.httpget import CONNECT_TIMEOUT, IDLE_TIMEOUT, MAX_REDIRECTS, RETRY_DELAYS, USER_AGENT, Response
-from ..registry.urls import check_redirect, check_remote
+from ..registry.httpget import Response, open_url
 from .reference import Reference
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 TOKEN_LIMIT = 1024 * 1024
 
 
-def _open_once(url: str, headers: dict[str, str]) -> Response:
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=CONNECT_TIMEOUT, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    try:
-        conn.connect()
-        if conn.sock is not None:
-            conn.sock.settimeout(IDLE_TIMEOUT)
-        conn.request("GET", target, headers={"User-Agent": USER_AGENT, **headers})
-        resp = conn.getresponse()
-    except BaseException:
-        conn.close()
-        raise
-    return Response(url, resp.status, resp.headers, conn, resp)
-
-
-def get(url: str, headers: dict[str, str], *, sleep: Callable[[float], None] = time.sleep) -> Response:
-    """GET with checked redirects (dropping ``Authorization`` when the host changes) and two
-    retries on connection errors and 5xx; the caller closes the response."""
-    check_remote(url)
-    for attempt in range(len(RETRY_DELAYS) + 1):
-        current, sent = url, dict(headers)
-        try:
-            for _ in range(MAX_REDIRECTS + 1):
-                resp = _open_once(current, sent)
-                location = resp.headers.get("Location")
-                if resp.status in (301, 302, 303, 307, 308) and location:
-                    resp.close()
-                    target = urljoin(current, location)
-                    check_redirect(current, target)
-                    if urlsplit(target).netloc != urlsplit(current).netloc:
-                        sent.pop("Authorization", None)
-                    current = target
-                    continue
-                break
-            else:
-                raise ManagerError("W141", f"{url}: more than {MAX_REDIRECTS} redirects")
-        except (OSError, http.client.HTTPException) as exc:
-            if attempt < len(RETRY_DELAYS):
-                sleep(RETRY_DELAYS[attempt])
-                continue
-            raise ManagerError("W141", f"cannot reach {url}: {exc or type(exc).__name__}",
-                               hint="check the image reference and your network") from None
-        if resp.status >= 500 and attempt < len(RETRY_DELAYS):
-            resp.close()
-            sleep(RETRY_DELAYS[attempt])
-            continue
-        return resp
-    raise AssertionError("unreachable")
+def get(url: str, headers: dict[str, str]) -> Response:
+    """The registry layer's checked GET (redirects drop ``Authorization`` when the host
+    changes; retries on connection errors and 5xx), with this client's error code."""
+    return open_url(url, headers=headers, code="W141", hint="check the image reference and your network")
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import platform as _platform
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..registry.errors import ManagerError
+from ..registry.model import DIGEST
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -23,7 +23,6 @@ DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MANIFEST_LIMIT = 4 * 1024 * 1024
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 

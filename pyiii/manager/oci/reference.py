@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass
 
 from ..registry.errors import ManagerError
+from ..registry.model import DIGEST
 from ..registry.urls import is_loopback
 
 DOCKER_HUB = "registry-1.docker.io"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?$")
 
 
@@ -59,7 +59,7 @@ def parse_reference(text: str) -> Reference:
                             hint="write [host[:port]/]repository[:tag][@sha256:<hex>]")
 
     rest, at, digest = text.partition("@")
-    if at and not _DIGEST.match(digest):
+    if at and not DIGEST.match(digest):
         raise bad("the digest must be sha256:<64 lowercase hex>")
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):

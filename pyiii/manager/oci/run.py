@@ -45,6 +45,13 @@ def add_mount_points(root: Path) -> None:
             path.write_bytes(b"")
 
 
+def image_install_dir(project_dir: Path, name: str, digest: str | None) -> Path:
+    """``.iii/install/<name>/oci-<12 hex>``: the image worker's install folder (§9.7), keyed by
+    the locked digest so a new pin gets a new folder."""
+    hexd = (digest or "").split(":", 1)[-1]
+    return project_dir / ".iii" / "install" / name / f"oci-{hexd[:12]}"
+
+
 def manifest_folder(root: Path) -> Path | None:
     """``/iii`` of the image when it holds a regular ``iii.worker.yaml`` (links are not
     followed: they would point into the host)."""

@@ -22,7 +22,7 @@ from ..registry.errors import ManagerError
 from ..registry.progress import Progress
 from .declare import image_manifest
 from .reference import parse_reference
-from .run import DATA_DIR, bwrap_image_args, command_of, image_env, working_dir
+from .run import DATA_DIR, bwrap_image_args, command_of, image_env, image_install_dir, working_dir
 from .store import PulledImage, cached_image, pull
 
 
@@ -61,7 +61,7 @@ async def prepare_image(launcher: Any, entry: WorkerEntry, project: ProjectConfi
     if user and str(user) not in ("0", "root", "0:0"):
         worker_log.event(f"note: the image's User '{user}' is not applied; the worker runs as the engine's user")
     work_dir = project.project_dir / "data" / "managed" / entry.name
-    install = project.project_dir / ".iii" / "install" / entry.name / f"oci-{locked.digest[7:19]}"
+    install = image_install_dir(project.project_dir, entry.name, locked.digest)
     if not launcher.ephemeral:
         work_dir.mkdir(parents=True, exist_ok=True)
         install.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ async def prepare_image(launcher: Any, entry: WorkerEntry, project: ProjectConfi
     preexec, limits = launcher.planner.plan(entry.name, launcher.limits(entry, manifest))
     sandbox = bwrap_image_args(entry.name, image.root, work_dir)
     argv = [launcher.probe.bwrap, *sandbox, "--chdir", folder, "--", *command]
-    # the host side of the spawn runs in "/", which exists on both sides of the sandbox
-    return Launch(argv=argv, cwd=Path("/"), env=env, isolation="namespace",
+    # cwd is the folder inside the image's root: the supervisor spawns bwrap from "/" (§9.5)
+    return Launch(argv=argv, cwd=Path(folder), env=env, isolation="namespace",
                   label=f"image {locked.version}", limits=limits, preexec=preexec,
                   sandbox_args=sandbox, bwrap=launcher.probe.bwrap)

@@ -87,26 +87,28 @@ def _open_once(url: str, headers: dict[str, str]) -> Response:
 
 
 def open_url(url: str, *, headers: dict[str, str] | None = None, code: str = "W140",
+             hint: str = "check the registry URL and that its server is up",
              sleep: Callable[[float], None] = time.sleep) -> Response:
     """GET `url` following up to 5 checked redirects, retrying connection errors and 5xx.
 
-    Returns the final response whatever its status (the caller decides what 404 or 304
-    means); raises ManagerError(`code`) when the server cannot be reached.
+    Returns the final response whatever its status below 500 (the caller decides what 404
+    or 401 means); raises ManagerError(`code`, with `hint` when unreachable) otherwise. An
+    ``Authorization`` header is not sent on to another host (blob redirects of an image
+    registry point at a storage host that must not receive its token).
     """
     check_remote(url)
     headers = headers or {}
     attempt = 0
     while True:
         try:
-            resp = _follow(url, headers)
+            resp = _follow(url, headers, code)
         except (OSError, http.client.HTTPException) as exc:
             reason = _reason(exc)
             if attempt < len(RETRY_DELAYS):
                 sleep(RETRY_DELAYS[attempt])
                 attempt += 1
                 continue
-            raise ManagerError(code, f"cannot reach {url}: {reason}",
-                               hint="check the registry URL and that its server is up") from None
+            raise ManagerError(code, f"cannot reach {url}: {reason}", hint=hint) from None
         if resp.status >= 500 and attempt < len(RETRY_DELAYS):
             resp.close()
             sleep(RETRY_DELAYS[attempt])
@@ -118,19 +120,21 @@ def open_url(url: str, *, headers: dict[str, str] | None = None, code: str = "W1
         return resp
 
 
-def _follow(url: str, headers: dict[str, str]) -> Response:
-    current = url
+def _follow(url: str, headers: dict[str, str], code: str) -> Response:
+    current, sent = url, dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        resp = _open_once(current, headers)
+        resp = _open_once(current, sent)
         location = resp.headers.get("Location")
         if resp.status in (301, 302, 303, 307, 308) and location:
             resp.close()
             target = urljoin(current, location)
             check_redirect(current, target)
+            if urlsplit(target).netloc != urlsplit(current).netloc:
+                sent.pop("Authorization", None)
             current = target
             continue
         return resp
-    raise ManagerError("W140", f"{url}: more than {MAX_REDIRECTS} redirects")
+    raise ManagerError(code, f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 def _reason(exc: BaseException) -> str:

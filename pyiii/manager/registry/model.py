@@ -21,6 +21,7 @@ TYPES = ("package", "binary", "image")
 BINARY_FORMATS = ("raw", "tar.gz")
 PLATFORM = re.compile(r"^(linux|darwin|windows)-(x86_64|aarch64|arm64)$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")  # an OCI content digest, as iii.lock pins it
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 IMAGE_DIGEST = re.compile(r"^.+@sha256:[0-9a-f]{64}$")
 
@@ -37,8 +38,10 @@ class Artifact:
 
 
 @dataclass(frozen=True)
-class VersionInfo:
-    """One published version of a worker."""
+class Pin:
+    """What one version of a worker installs: a package archive, per-platform binaries or an
+    image. A registry document publishes it (``VersionInfo``) and iii.lock keeps it
+    (``LockEntry``), so both read the same fields."""
 
     version: str
     type: str
@@ -46,6 +49,16 @@ class VersionInfo:
     package: Artifact | None = None
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     image: str | None = None
+
+    def artifact_for(self, platform: str) -> Artifact | None:
+        """The artifact this machine installs (the package, or the platform's binary)."""
+        return self.package if self.type == "package" else self.artifacts.get(platform)
+
+
+@dataclass(frozen=True)
+class VersionInfo(Pin):
+    """One published version of a worker."""
+
     yanked: str | None = None
     deprecated: str | None = None
     published: str | None = None

@@ -275,6 +275,17 @@ def plan_registry_add(requests: list[Request], *, config: Any, lock: Lock, regis
     return plan
 
 
+def _update_images(lock: Lock, entries: list[Any], cache: Cache, progress: Progress) -> None:
+    """Re-resolve the tags of declared image workers (§4.9): a tag that moved gets its new
+    digest pinned (pulled into the cache now); a reference pinned by digest never moves."""
+    from ..oci.declare import add_image
+    from ..oci.reference import parse_reference
+
+    for entry in entries:
+        lock.workers[entry.name] = add_image(parse_reference(entry.image), entry.name, None,
+                                             cache=cache, progress=progress).entry
+
+
 def plan_update(targets: set[str], *, config: Any, lock: Lock, registries: Registries, project_dir: Path,
                 cache: Cache, progress: Progress, stager: Stager, latest: bool = False,
                 platform: str | None = None, output: Callable[[str], None] | None = None,
@@ -290,6 +301,11 @@ def plan_update(targets: set[str], *, config: Any, lock: Lock, registries: Regis
     resolution = Resolver(registries, lock, declared, update=targets, platform=platform).resolve(latest=latest_names)
     new_lock = build_lock(resolution, lock, declared, project_dir)
     plan = Plan(new_lock, lock, resolution=resolution, warnings=list(resolution.warnings))
+    images = [e for e in (config.workers if config is not None else []) if e.kind == "oci" and e.name in targets]
+    if images and registries.offline:
+        plan.warnings += [f"{e.name}: image tag not checked (offline)" for e in images]
+    elif images:
+        _update_images(new_lock, images, cache, progress)
     for name in sorted(latest_names):
         saved = f"^{resolution.choices[name].version}"
         if by_name[name].spec != saved:
