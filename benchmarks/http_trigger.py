@@ -26,6 +26,12 @@ Each scenario runs ``wrk -t1 -cC --latency`` at C = 1, 32, 128 connections: a wa
 window, then a measured window. req/s and the p99 come from wrk; the server-side CPU time
 (all scenario processes, /proc/PID/stat) per request is added.
 
+``--cpu`` measures instead the CPU time per request without sockets or wrk: raw
+``GET /bench/hello`` requests are fed into the server's aiohttp protocol objects (32 fake
+connections) and the responses counted, in a fresh process per scenario (``plain`` and
+``inproc``) and repetition. Far less sensitive to other load on the machine than req/s, it
+shows what a change to the request path costs or saves (warm caches, no system calls).
+
 Internal roles (``--role ...``) are how the script starts its own child processes.
 """
 
@@ -138,6 +144,135 @@ async def role_handler(url: str, routes: int) -> None:
     await client.wait_connected(15)
     emit("READY")
     await asyncio.Event().wait()
+
+
+_RAW_GET = (f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n"
+            "Accept: */*\r\n\r\n").encode()
+
+
+class _CountingTransport(asyncio.Transport):
+    """Stands in for a client socket: counts response writes, sends nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self._closing = False
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def writelines(self, data: Any) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def cpu_per_request(protocol_factory: Any, conns: int = 32, per_conn: int = 125,
+                          reps: int = 6) -> float:
+    """Best-of-``reps`` process CPU µs per request, requests fed straight into aiohttp."""
+    best = float("inf")
+    for _ in range(reps):
+        links = []
+        for _ in range(conns):
+            protocol, transport = protocol_factory(), _CountingTransport()
+            protocol.connection_made(transport)
+            links.append((protocol, transport))
+        await asyncio.sleep(0)
+        start = time.process_time()
+        for _ in range(per_conn):
+            for protocol, _t in links:
+                protocol.data_received(_RAW_GET)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        while sum(t.writes for _p, t in links) < conns * per_conn:
+            await asyncio.sleep(0)
+        best = min(best, (time.process_time() - start) * 1e6 / (conns * per_conn))
+        for protocol, transport in links:
+            transport.close()
+            protocol.connection_lost(None)
+        await asyncio.sleep(0.01)
+    return best
+
+
+async def role_cpu(scenario: str) -> None:
+    """``--cpu`` child: one scenario's CPU per request, printed as ``CPU <µs>``."""
+    if scenario == "plain":
+        import orjson
+        from aiohttp import web
+
+        body = orjson.dumps({"hello": "world"})
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get(PATH, hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        factory: Any = runner.server
+    else:
+        from pyiii.engine.core import Engine
+        from pyiii.engine.inprocess import local_connector
+        from pyiii.sdk import InitOptions, register_worker
+        from pyiii.workers import http
+        from pyiii.workers.base import WorkerContext
+
+        engine = Engine()
+        engine.start()
+        ctx = WorkerContext("iii-http", {"port": 0, "host": "127.0.0.1"},
+                            Path(tempfile.gettempdir()), True, url="ws://127.0.0.1:1",
+                            connector=local_connector(engine))
+        worker = await http.start(ctx)
+        client = register_worker("inproc://bench", InitOptions(
+            worker_name="bench-handler", connector=local_connector(engine)))
+        await register_routes(client, 1)
+        await client.wait_connected(10)
+        while len(worker.routes) < 1:
+            await asyncio.sleep(0.01)
+        factory = worker.listener.web
+    emit("CPU", f"{await cpu_per_request(factory):.2f}")
+    os._exit(0)  # nothing to clean up that matters, and no teardown noise
+
+
+async def orchestrate_cpu(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="pyiii-bench-http-cpu-"))
+    runner = Runner(args, workdir)
+    emit(f"# {machine()}")
+    runs: dict[str, list[float]] = {"plain": [], "inproc": []}
+    try:
+        for rep in range(args.reps):
+            for scenario in runs:
+                child = await runner.spawn(f"cpu-{scenario}", "cpu", scenario)
+                runs[scenario].append(float((await child.expect("CPU", 300)).split()[0]))
+                await runner.stop_all()
+            emit(f"rep {rep + 1}/{args.reps}: plain {runs['plain'][-1]:.2f} µs, "
+                 f"inproc {runs['inproc'][-1]:.2f} µs")
+    finally:
+        await runner.stop_all()
+    plain, inproc = (statistics.median(runs[k]) for k in ("plain", "inproc"))
+    emit(f"\nCPU per request, no sockets (median of {args.reps}, each best of 6 x 4,000 "
+         f"requests): plain {plain:.2f} µs, in-process {inproc:.2f} µs, "
+         f"ratio {plain / inproc:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "cpu_us_per_request": runs,
+                                               "median": {"plain": plain, "inproc": inproc}},
+                                              indent=2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,6 +585,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="PREFIX",
                         help="extra in-process run with py-spy at 32 connections "
                              "(writes PREFIX-inproc.txt, prints the hot spots)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU per request without sockets or wrk (plain vs in-process)")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
@@ -462,6 +599,8 @@ def main() -> None:
             asyncio.run(role_engine(a[0], int(a[1])))
         elif args.role == "handler":
             asyncio.run(role_handler(a[0], int(a[1])))
+        elif args.role == "cpu":
+            asyncio.run(role_cpu(a[0]))
         else:
             raise SystemExit(f"unknown role {args.role}")
         return
@@ -469,7 +608,7 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else 1.0
     args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 4.0)
     try:
-        asyncio.run(orchestrate(args))
+        asyncio.run(orchestrate_cpu(args) if args.cpu else orchestrate(args))
     except KeyboardInterrupt:
         pass
 

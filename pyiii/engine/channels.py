@@ -33,22 +33,23 @@ _BROKEN_END = object()
 
 class _RandomIds:
     """UUIDv4-shaped ids and access keys from the OS's strong random source, read 4 KiB at a
-    time: iii-http makes two channels (four ids) per request, and a system call each showed."""
+    time and kept as hex: iii-http makes two channels (four ids) per request, and a system
+    call (or a bytes-to-hex conversion) each showed."""
+
+    _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant
 
     def __init__(self) -> None:
-        self._pool = b""
+        self._pool = ""
         self._at = 0
 
     def __call__(self) -> str:
         at = self._at
-        if at + 16 > len(self._pool):
-            self._pool, at = os.urandom(4096), 0
-        raw = bytearray(self._pool[at:at + 16])
-        self._at = at + 16
-        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if at + 32 > len(self._pool):
+            self._pool, at = os.urandom(4096).hex(), 0
+        h = self._pool[at:at + 32]
+        self._at = at + 32
+        # version nibble 4, variant bits 10xx; the other 122 bits stay random
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{self._VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 _new_id = _RandomIds()
@@ -91,9 +92,11 @@ class ChannelHub:
         self.local_tasks: set[asyncio.Task[None]] = set()  # ends served without a socket
         self._sweeper: asyncio.Task[None] | None = None
 
-    def create(self, buffer_size: int | None) -> Channel:
+    def create(self, buffer_size: int | None, key: str | None = None) -> Channel:
+        """A new channel. ``key`` lets an owner give channels it hands to the same party one
+        shared access key (iii-http: the two channels of one request go to one handler)."""
         size = DEFAULT_BUFFER if buffer_size is None else min(max(buffer_size, 1), MAX_BUFFER)
-        channel = Channel(_new_id(), _new_id(), size)
+        channel = Channel(_new_id(), key or _new_id(), size)
         self.channels[channel.id] = channel
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

@@ -97,20 +97,22 @@ class _ChannelEnd:
     a payload becomes one of these, used or not (an HTTP handler gets two), so the URL, the
     lock and the stream facade are only made when first needed."""
 
+    # set on first use; class-level defaults keep construction to the fields every end needs
+    _typed_ref: StreamChannelRef | None = None
+    _ws: Any = None
+    _lock: asyncio.Lock | None = None
+    _stream: Any = None
+
     def __init__(self, engine_ws_base: str, ref: dict[str, Any], direction: str,
                  headers: dict[str, str] | None, opener: SocketOpener | None,
                  loop: asyncio.AbstractEventLoop | None) -> None:
         self._ref = ref
-        self._typed_ref: StreamChannelRef | None = None
         # the client's loop: lets sync handlers (executor threads) use fire-and-forget ops
         self._loop = loop
         self._base = engine_ws_base
         self._direction = direction
         self._headers = headers
         self._opener = opener or _open_websocket
-        self._ws: Any = None
-        self._lock: asyncio.Lock | None = None
-        self._stream: Any = None
 
     @property
     def ref(self) -> StreamChannelRef:
@@ -138,12 +140,13 @@ class ChannelWriter(_ChannelEnd):
     ``send_message``/``close`` return an awaitable task, so both the official SDK's
     fire-and-forget style and ``await writer.close()`` work and never reorder data."""
 
+    _tail: "asyncio.Future[Any] | None" = None  # the last queued operation
+    _closed = False
+
     def __init__(self, engine_ws_base: str, ref: dict[str, Any], headers: dict[str, str] | None = None,
                  *, opener: SocketOpener | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(engine_ws_base, ref, "write", headers, opener, loop)
-        self._tail: asyncio.Future[Any] | None = None
-        self._closed = False
 
     @property
     def stream(self) -> "WritableStream":
@@ -306,34 +309,65 @@ class Channel:
     reader_ref: StreamChannelRef
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def resolve_channel_refs(data: Any, make: Callable[[dict[str, Any]], Any]) -> Any:
     """Replace every ChannelRef anywhere in ``data`` with ``make(ref)``; containers without
     refs are returned as the same objects (no copy on the hot path). Runs on every incoming
-    invocation, so empty containers are skipped and the full ref test only runs on dicts that
-    have a ``channel_id``."""
+    invocation, so scalars are skipped by their exact class before any ``isinstance``, empty
+    containers are skipped, and the full ref test only runs on dicts that have a
+    ``channel_id``."""
     if isinstance(data, dict):
-        if "channel_id" in data and is_channel_ref(data):
-            return make(data)
-        out = None
-        for key, value in data.items():
-            if isinstance(value, (dict, list)) and value:
-                new = resolve_channel_refs(value, make)
-                if new is not value:
-                    if out is None:
-                        out = dict(data)
-                    out[key] = new
-        return data if out is None else out
+        return _resolve_dict(data, make)
     if isinstance(data, list):
-        out_list = None
-        for i, value in enumerate(data):
-            if isinstance(value, (dict, list)) and value:
-                new = resolve_channel_refs(value, make)
-                if new is not value:
-                    if out_list is None:
-                        out_list = list(data)
-                    out_list[i] = new
-        return data if out_list is None else out_list
+        return _resolve_list(data, make)
     return data
+
+
+def _resolve_dict(data: dict[str, Any], make: Callable[[dict[str, Any]], Any]) -> Any:
+    if "channel_id" in data and is_channel_ref(data):
+        return make(data)
+    out = None
+    for key, value in data.items():
+        cls = value.__class__
+        if cls in _LEAVES:
+            continue
+        if cls is dict:  # the common container: a ref is made here, without another call
+            if not value:
+                continue
+            if "channel_id" in value and is_channel_ref(value):
+                new = make(value)
+            else:
+                new = _resolve_dict(value, make)
+        else:
+            new = _resolve_other(value, make)
+        if new is not value:
+            if out is None:
+                out = dict(data)
+            out[key] = new
+    return data if out is None else out
+
+
+def _resolve_list(data: list[Any], make: Callable[[dict[str, Any]], Any]) -> Any:
+    out = None
+    for i, value in enumerate(data):
+        if value.__class__ in _LEAVES:
+            continue
+        new = _resolve_other(value, make)
+        if new is not value:
+            if out is None:
+                out = list(data)
+            out[i] = new
+    return data if out is None else out
+
+
+def _resolve_other(value: Any, make: Callable[[dict[str, Any]], Any]) -> Any:
+    if isinstance(value, dict):
+        return _resolve_dict(value, make) if value else value
+    if isinstance(value, list) and value:
+        return _resolve_list(value, make)
+    return value
 
 
 async def _wait(fut: Any) -> None:

@@ -348,8 +348,8 @@ class III(Calls):
         channel nobody used)."""
         cls = ChannelReader if ref["direction"] == "read" else ChannelWriter
         # a connector may open channel ends itself (the engine's in-process one does)
-        opener = getattr(self._options.connector, "open_channel", None)
-        return cls(self._address, ref, self._headers, opener=opener, loop=self._loop)
+        return cls(self._address, ref, self._headers,
+                   opener=getattr(self._options.connector, "open_channel", None), loop=self._loop)
 
     def _resolve_refs(self, data: Any) -> Any:
         return resolve_channel_refs(data, self.channel_end)

@@ -62,8 +62,13 @@ def make_invoker(handler: Callable[..., Any]) -> Invoker:
             return handler(data)
 
     if _is_async(handler):
-        async def invoke_async(data: Any, metadata: Any) -> Any:
-            return to_json_value(await call(data, metadata))
+        # one coroutine per call and no wrapper in between: this runs for every invocation
+        if mode == "none":
+            async def invoke_async(data: Any, metadata: Any) -> Any:
+                return to_json_value(await handler(data))
+        else:
+            async def invoke_async(data: Any, metadata: Any) -> Any:
+                return to_json_value(await call(data, metadata))
 
         return invoke_async
 

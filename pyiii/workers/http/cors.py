@@ -13,7 +13,8 @@ def is_preflight(request: web.BaseRequest) -> bool:
 
 
 def allow_origin(cors: Cors | None, origin: str | None) -> dict[str, str] | None:
-    """The origin headers for a request from ``origin``; None when it gets no CORS headers."""
+    """The origin headers for a request from ``origin`` (also what an ordinary response gets);
+    None when it gets no CORS headers."""
     if origin is None:
         return None
     if cors is None or cors.origins is None:
@@ -21,11 +22,6 @@ def allow_origin(cors: Cors | None, origin: str | None) -> dict[str, str] | None
     if origin in cors.origins:
         return {"access-control-allow-origin": origin, "vary": "origin"}
     return None
-
-
-def response_headers(cors: Cors | None, request: web.BaseRequest) -> dict[str, str]:
-    """CORS headers added to an ordinary (non-preflight) response."""
-    return allow_origin(cors, request.headers.get("Origin")) or {}
 
 
 def preflight(cors: Cors | None, request: web.BaseRequest) -> web.Response:

@@ -49,6 +49,33 @@ def parse_json_body(raw: bytes) -> Any:
         return None
 
 
+# W3C trace context: version 00 is exactly four fields; later versions may append more
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def trace_context(headers: dict[str, str]) -> dict[str, str]:
+    """``traceparent`` / ``baggage`` for the calls a request makes (§3.7), from its headers.
+
+    A traceparent the W3C rules reject (bad shape, version ``ff``, all-zero ids, or several
+    headers joined into one) is dropped rather than relayed, so a client cannot hand handlers
+    a context no tracer accepts. The invocation frame has no ``tracestate`` field: that header
+    stays visible to handlers in ``headers`` only."""
+    out: dict[str, str] = {}
+    traceparent = headers.get("traceparent")
+    if traceparent is not None:
+        value = traceparent.strip()
+        match = _TRACEPARENT.match(value)
+        if (match is not None and not value.startswith("ff")
+                and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN
+                and (match.group(3) is None or not value.startswith("00"))):
+            out["traceparent"] = value
+    baggage = headers.get("baggage")
+    if baggage is not None and baggage.strip():
+        out["baggage"] = baggage.strip()
+    return out
+
+
 def redacted(headers: dict[str, str]) -> dict[str, str]:
     """Headers safe to log."""
     return {k: ("[redacted]" if k in REDACTED or "token" in k or "secret" in k else v)
@@ -116,7 +143,9 @@ def result_response(result: Any, extra: dict[str, str] | None = None) -> web.Res
     if not isinstance(result, dict):
         log.info("http: handler result is not an object (%s); answering {}", type(result).__name__)
         result = {}
-    headers: CIMultiDict[str] = CIMultiDict(header_pairs(result.get("headers")))
+    raw_headers = result.get("headers")
+    headers: CIMultiDict[str] = CIMultiDict(header_pairs(raw_headers)) \
+        if raw_headers is not None else CIMultiDict()
     body = encode_body(headers, result.get("body"), "body" in result)
     if extra:
         for name, value in extra.items():

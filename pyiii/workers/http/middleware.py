@@ -32,8 +32,9 @@ async def call_within(iii: III, request: dict[str, Any], seconds: float) -> Any:
 
 
 async def run(iii: III, steps: list[Step], request_info: dict[str, Any], deadline: float,
-              timeout_ms: int) -> web.Response | None:
-    """Run ``steps`` in order; a ``respond`` answer short-circuits with its response."""
+              timeout_ms: int, trace: dict[str, str] | None = None) -> web.Response | None:
+    """Run ``steps`` in order; a ``respond`` answer short-circuits with its response.
+    ``trace`` (traceparent / baggage of the request) goes with every call."""
     loop = asyncio.get_running_loop()
     for step in steps:
         payload = {"phase": "preHandler", "request": request_info, "context": {}}
@@ -42,6 +43,8 @@ async def run(iii: III, steps: list[Step], request_info: dict[str, Any], deadlin
             call["namespace"] = step.namespace
         if step.metadata is not None:
             call["metadata"] = step.metadata
+        if trace:
+            call.update(trace)
         budget = min(timeout_ms / 1000, deadline - loop.time())
         try:
             answer = await call_within(iii, call, budget)

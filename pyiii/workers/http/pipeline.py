@@ -22,10 +22,11 @@ log = logging.getLogger("pyiii.workers.http")
 
 async def handle(worker: "HttpWorker", request: web.BaseRequest) -> web.StreamResponse:
     settings = worker.settings  # one snapshot per request: a reload applies to the next one
-    if cors.is_preflight(request):
+    if request.method == "OPTIONS" and cors.is_preflight(request):
         return cors.preflight(settings.cors, request)
-    extra = cors.response_headers(settings.cors, request)
-    loop = asyncio.get_running_loop()
+    origin = request.headers.get("Origin")
+    extra = (cors.allow_origin(settings.cors, origin) or {}) if origin is not None else {}
+    loop = worker.loop
     deadline = loop.time() + settings.default_timeout / 1000
     limiter = worker.limiter
     if not limiter.try_acquire() and not await limiter.acquire(deadline - loop.time()):
@@ -50,16 +51,20 @@ async def _pipeline(worker: "HttpWorker", request: web.BaseRequest, settings: Ht
     route, binding = match.route, match.route.binding
     headers = messages.headers_of(request)
     query = messages.query_of(request)
-    info = {"path_params": match.path_params, "query_params": query, "headers": headers,
-            "method": request.method}
+    info: dict[str, Any] | None = None  # what middleware sees (no body), made if needed
     ms = settings.default_timeout
+    # the request's W3C trace context is the parent of every call it makes (§3.7)
+    trace = messages.trace_context(headers) if (
+        "traceparent" in headers or "baggage" in headers) else None
     if settings.middleware:
         steps = [middleware.Step(m.function_id) for m in settings.middleware]
-        early = await middleware.run(worker.iii, steps, info, deadline, ms)
+        info = _request_info(match.path_params, query, headers, request.method)
+        early = await middleware.run(worker.iii, steps, info, deadline, ms, trace)
         if early is not None:
             return _with(early, extra)
 
-    if "application/json" in request.headers.get("Content-Type", "").lower():
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and "application/json" in content_type.lower():
         raw, body = await _read_body(request, settings, deadline)
     else:  # other bodies stay unread: they are streamed into the request channel
         raw = body = None
@@ -70,14 +75,26 @@ async def _pipeline(worker: "HttpWorker", request: web.BaseRequest, settings: Ht
     }
     namespace = binding.namespace or "default"
     if route.condition_function_id:
-        await _condition(worker, route, payload, namespace, deadline, ms)
+        await _condition(worker, route, payload, namespace, deadline, ms, trace)
     if route.middleware_function_ids:
         steps = [middleware.Step(f, namespace, binding.metadata)
                  for f in route.middleware_function_ids]
-        early = await middleware.run(worker.iii, steps, info, deadline, ms)
+        if info is None:
+            info = _request_info(match.path_params, query, headers, request.method)
+        early = await middleware.run(worker.iii, steps, info, deadline, ms, trace)
         if early is not None:
             return _with(early, extra)
-    return await _invoke(worker, request, route, payload, raw, deadline, ms, extra)
+    hub = worker.hub
+    if hub is not None:  # in the engine's process (one coroutine layer less on the hot path)
+        return await _invoke_local(worker, hub, request, route, payload, raw, deadline, ms,
+                                   extra, trace)
+    return await _invoke(worker, request, route, payload, raw, deadline, ms, extra, trace)
+
+
+def _request_info(path_params: dict[str, str], query: dict[str, str], headers: dict[str, str],
+                  method: str) -> dict[str, Any]:
+    return {"path_params": path_params, "query_params": query, "headers": headers,
+            "method": method}
 
 
 def _with(response: web.Response, extra: dict[str, str]) -> web.Response:
@@ -117,13 +134,15 @@ async def _read_body(request: web.BaseRequest, settings: HttpSettings,
 
 
 async def _condition(worker: "HttpWorker", route: Route, payload: dict[str, Any], namespace: str,
-                     deadline: float, ms: int) -> None:
+                     deadline: float, ms: int, trace: dict[str, str] | None) -> None:
     """The exact-false rule of spec/protocol.md §5.11 (as ``conditions.passes``), with the
     failing function's own code kept for the 500 body and the request deadline applied."""
     call: dict[str, Any] = {"function_id": route.condition_function_id, "payload": payload,
                             "namespace": namespace}
     if route.binding.metadata is not None:
         call["metadata"] = route.binding.metadata
+    if trace:
+        call.update(trace)
     loop = asyncio.get_running_loop()
     try:
         result = await middleware.call_within(worker.iii, call, deadline - loop.time())
@@ -137,11 +156,9 @@ async def _condition(worker: "HttpWorker", route: Route, payload: dict[str, Any]
 
 async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
                   payload: dict[str, Any], raw: bytes | None, deadline: float, ms: int,
-                  extra: dict[str, str]) -> web.StreamResponse:
+                  extra: dict[str, str], trace: dict[str, str] | None) -> web.StreamResponse:
+    """iii-http in its own process: channels through the engine, ends over WebSocket."""
     iii = worker.iii
-    hub = iii.channel_hub
-    if hub is not None:
-        return await _invoke_local(worker, hub, request, route, payload, raw, deadline, ms, extra)
     loop = asyncio.get_running_loop()
     try:
         request_channel, response_channel = await asyncio.wait_for(
@@ -151,7 +168,7 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
         raise messages.request_timeout(ms) from None
     payload["request_body"] = request_channel.reader_ref
     payload["response"] = response_channel.writer_ref
-    call = _call_of(route, payload)
+    call = _call_of(route, payload, trace)
     pump = asyncio.ensure_future(
         streaming.pump_request_body(request_channel.writer, raw, request))
     reader = streaming.ResponseChannel(response_channel.reader)
@@ -163,26 +180,31 @@ async def _invoke(worker: "HttpWorker", request: web.BaseRequest, route: Route,
         worker.spawn(_finish(iii, pump, reader, request_channel, response_channel))
 
 
-def _call_of(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
+def _call_of(route: Route, payload: dict[str, Any],
+             trace: dict[str, str] | None) -> dict[str, Any]:
     call: dict[str, Any] = {"function_id": route.binding.function_id, "payload": payload,
                             "namespace": route.binding.namespace or "default"}
     if route.binding.metadata is not None:
         call["metadata"] = route.binding.metadata
+    if trace:
+        call.update(trace)
     return call
 
 
 async def _invoke_local(worker: "HttpWorker", hub: Any, request: web.BaseRequest, route: Route,
                         payload: dict[str, Any], raw: bytes | None, deadline: float, ms: int,
-                        extra: dict[str, str]) -> web.StreamResponse:
+                        extra: dict[str, str], trace: dict[str, str] | None) -> web.StreamResponse:
     """iii-http in the engine's process: both channels are made in the engine's channel hub
     directly; a body known in full is put into the request channel without a writer; the
     response channel is read only once the handler claims its writing end. A handler that
     just returns a result then costs no socket, pipe or task for either channel."""
     iii = worker.iii
-    request_channel, response_channel = hub.create(None), hub.create(None)
+    request_channel = hub.create(None)
+    # both channels go to the same handler: one access key for the pair
+    response_channel = hub.create(None, request_channel.key)
     payload["request_body"] = request_channel.ref("read")
     payload["response"] = response_channel.ref("write")
-    call = _call_of(route, payload)
+    call = _call_of(route, payload, trace)
     # the SDK's timeout is a backstop: the request deadline below is the one that answers
     call["timeout_ms"] = ms + 1000
     pump: asyncio.Future[None] | None = None
@@ -190,13 +212,22 @@ async def _invoke_local(worker: "HttpWorker", hub: Any, request: web.BaseRequest
     if known is None or not hub.preload(request_channel.id, known):
         writer = iii.channel_end(request_channel.ref("write"))
         pump = asyncio.ensure_future(streaming.pump_request_body(writer, raw, request))
-    reader = streaming.ResponseChannel(lambda: iii.channel_end(response_channel.ref("read")),
-                                       attached=hub.writer_claimed(response_channel.id))
     try:
         invocation = iii.trigger_nowait(call)
     except Exception as exc:
         invocation = asyncio.get_running_loop().create_future()
         invocation.set_exception(exc)
+    if pump is None and invocation.done() and not invocation.cancelled() \
+            and invocation.exception() is None:
+        # answered during the send (an in-process handler that did not wait): a non-null
+        # result wins over anything the channel got, so neither channel is looked at
+        result = invocation.result()
+        if result is not None:
+            hub.retire(request_channel.id)
+            hub.retire(response_channel.id)
+            return messages.result_response(result, extra)
+    reader = streaming.ResponseChannel(lambda: iii.channel_end(response_channel.ref("read")),
+                                       attached=hub.writer_claimed(response_channel.id))
     try:
         return await streaming.answer(iii, request, call, reader, deadline, ms, extra, invocation)
     finally:

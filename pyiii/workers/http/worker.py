@@ -4,6 +4,7 @@ binding into an invocation of the bound function (spec/workers.md §3)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Coroutine
 
@@ -36,11 +37,16 @@ class HttpBindings(TriggerHandler[Any]):
 class HttpWorker:
     def __init__(self, iii: III, settings: HttpSettings, ctx: WorkerContext) -> None:
         self.iii = iii
+        # the loop it serves on (made in ``start``): asyncio.get_running_loop() per request
+        # costs a getpid system call
+        self.loop = asyncio.get_running_loop()
+        self.hub = iii.channel_hub  # the engine's channel hub when in its process, else None
         self.settings = settings
         self.ctx = ctx
         self.routes = RouteTable()
         self.limiter = Limiter(settings.concurrency_request_limit)
-        self.listener = Listener(self.handle)
+        # the listener calls the pipeline directly: no coroutine layer per request
+        self.listener = Listener(functools.partial(pipeline.handle, self))
         self.tasks: set[asyncio.Task[Any]] = set()
 
     @property

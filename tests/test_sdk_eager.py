@@ -1,0 +1,212 @@
+"""The SDK's eager handler path (pyiii/sdk/eager.py) with in-process workers: a handler's first
+step runs during the delivery and gets a task only when it waits. Whatever path it takes, the
+handler must see task semantics (current task, timeouts, task groups, cancellation), its own
+copy of the context, and the same results, errors and deadlines as before."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import pytest
+
+from pyiii.engine.inprocess import local_connector
+from pyiii.sdk import InitOptions, InvocationError, register_worker
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", default="unset")
+
+
+@pytest.fixture
+async def pair(engine):
+    """A callee ``a`` and a caller ``b``, both in the engine's process."""
+    a = register_worker("inproc://a", InitOptions(worker_name="a",
+                                                   connector=local_connector(engine.engine)))
+    b = register_worker("inproc://b", InitOptions(worker_name="b",
+                                                   connector=local_connector(engine.engine)))
+    await a.wait_connected(5)
+    await b.wait_connected(5)
+    yield a, b
+    await b.shutdown_async()
+    await a.shutdown_async()
+
+
+async def registered(engine: Any, *function_ids: str) -> None:
+    """Function registrations travel as frames; wait until the engine knows them all."""
+    for _ in range(300):
+        if all(engine.engine.functions.get("default", f) is not None for f in function_ids):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"functions not registered: {function_ids}")
+
+
+def call(client: Any, function_id: str, payload: Any = None, **extra: Any) -> Any:
+    return client.trigger_async({"function_id": function_id, "payload": payload, **extra})
+
+
+async def test_a_handler_that_waits_has_task_semantics(pair, engine):
+    a, b = pair
+    seen: dict[str, Any] = {}
+
+    async def timed(data: Any) -> str:
+        task = asyncio.current_task()
+        seen["task_before_wait"] = task is not None
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(data["sleep"])
+        seen["task_after_wait"] = asyncio.current_task() is not None
+        return "ok"
+
+    async def group(data: Any) -> int:
+        async with asyncio.TaskGroup() as tg:
+            one = tg.create_task(asyncio.sleep(0.01, result=1))
+            two = tg.create_task(asyncio.sleep(0.02, result=2))
+        return one.result() + two.result()
+
+    async def immediate_timeout(data: Any) -> str:
+        # asyncio.timeout needs the current task before the first wait (eager step)
+        async with asyncio.timeout(5):
+            return "quick"
+
+    a.register_function("e::timed", timed)
+    a.register_function("e::group", group)
+    a.register_function("e::quick", immediate_timeout)
+    await registered(engine, "e::timed", "e::group", "e::quick")
+
+    assert await call(b, "e::timed", {"sleep": 0}) == "ok"
+    assert seen == {"task_before_wait": True, "task_after_wait": True}
+    with pytest.raises(InvocationError) as failed:
+        await call(b, "e::timed", {"sleep": 1})
+    assert failed.value.code == "invocation_failed"
+    assert "TimeoutError" in (failed.value.stacktrace or "")
+    assert await call(b, "e::group") == 3
+    assert await call(b, "e::quick") == "quick"
+
+
+async def test_contextvars_are_isolated_between_invocations(pair, engine):
+    a, b = pair
+
+    async def set_then_read(data: Any) -> list[str]:
+        before = VAR.get()
+        VAR.set(data["v"])
+        await asyncio.sleep(0.01 * data["wait"])  # others run and set their own value meanwhile
+        return [before, VAR.get()]
+
+    def sync_reader(data: Any) -> str:
+        VAR.set("thread")
+        return VAR.get()
+
+    a.register_function("e::var", set_then_read)
+    a.register_function("e::var_sync", sync_reader)
+    await registered(engine, "e::var", "e::var_sync")
+
+    VAR.set("caller")
+    results = await asyncio.gather(*[call(b, "e::var", {"v": f"v{i}", "wait": 5 - i % 5})
+                                     for i in range(20)])
+    # in-process, the handler's context is a copy of the delivering context: the caller's
+    # value is visible, and no invocation sees another's value or leaks its own back
+    assert results == [["caller", f"v{i}"] for i in range(20)]
+    assert VAR.get() == "caller"
+    assert await call(b, "e::var_sync") == "thread"
+    assert VAR.get() == "caller"
+
+
+async def test_deep_in_process_chains_and_errors(pair, engine):
+    a, b = pair
+
+    async def chain(data: Any) -> int:
+        n = data["n"]
+        if n == 0:
+            return 0
+        return 1 + await b.trigger_async({"function_id": "e::chain", "payload": {"n": n - 1}})
+
+    def chain_sync_leaf(data: Any) -> int:
+        return data * 2
+
+    async def boom(data: Any) -> None:
+        raise ValueError("bad input")
+
+    async def boom_after_wait(data: Any) -> None:
+        await asyncio.sleep(0)
+        raise KeyError("later")
+
+    a.register_function("e::chain", chain)
+    a.register_function("e::double", chain_sync_leaf)
+    a.register_function("e::boom", boom)
+    a.register_function("e::boom2", boom_after_wait)
+    await registered(engine, "e::chain", "e::double", "e::boom", "e::boom2")
+
+    assert await call(b, "e::chain", {"n": 30}) == 30
+    assert await call(b, "e::chain", {"n": 200}) == 200  # deeper than the eager nesting limit
+    assert sorted(set(await asyncio.gather(*[call(b, "e::chain", {"n": 3})
+                                             for _ in range(100)]))) == [3]
+    assert await call(b, "e::double", 21) == 42
+    with pytest.raises(InvocationError) as failed:
+        await call(b, "e::boom")
+    assert (failed.value.code, failed.value.message) == ("invocation_failed", "bad input")
+    with pytest.raises(InvocationError) as failed:
+        await call(b, "e::boom2")
+    assert (failed.value.code, failed.value.message) == ("invocation_failed", "'later'")
+
+
+async def test_deadlines_per_timeout_value_and_shutdown(pair, engine):
+    a, b = pair
+    started = asyncio.Event()
+
+    async def slow(data: Any) -> str:
+        started.set()
+        await asyncio.sleep(data.get("s", 5))
+        return "late"
+
+    a.register_function("e::slow", slow)
+    await registered(engine, "e::slow")
+    loop = asyncio.get_running_loop()
+
+    t0 = loop.time()
+    outcomes = await asyncio.gather(call(b, "e::slow", {}, timeout_ms=100),
+                                    call(b, "e::slow", {}, timeout_ms=300),
+                                    call(b, "e::slow", {"s": 0.05}, timeout_ms=1000),
+                                    return_exceptions=True)
+    took = loop.time() - t0
+    assert [getattr(o, "code", o) for o in outcomes] == ["TIMEOUT", "TIMEOUT", "late"]
+    assert outcomes[0].message == "Invocation of e::slow timed out after 100 ms"
+    assert outcomes[1].message == "Invocation of e::slow timed out after 300 ms"
+    assert 0.15 <= took < 1.0
+
+    started.clear()
+    pending = asyncio.ensure_future(call(b, "e::slow", {}))
+    await asyncio.wait_for(started.wait(), 2)
+    await a.shutdown_async()  # the callee leaves: the engine fails its open calls
+    with pytest.raises(InvocationError) as stopped:
+        await asyncio.wait_for(pending, 3)
+    assert stopped.value.code == "invocation_stopped"
+
+
+async def test_trigger_nowait_and_sync_streaks(pair, engine):
+    a, b = pair
+    order: list[str] = []
+
+    def plain(data: Any) -> Any:
+        return data
+
+    async def echo(data: Any) -> Any:
+        return data
+
+    a.register_function("e::echo", echo)
+    a.register_function("e::plain", plain)
+    await registered(engine, "e::echo", "e::plain")
+
+    future = b.trigger_nowait({"function_id": "e::echo", "payload": {"x": 1}})
+    assert await future == {"x": 1}
+
+    async def ticker() -> None:
+        for i in range(5):
+            order.append(f"tick{i}")
+            await asyncio.sleep(0)
+
+    ticks = asyncio.ensure_future(ticker())
+    # a long run of calls that all finish during the send must still let others run
+    for i in range(64):
+        assert await call(b, "e::echo", i) == i
+    assert ticks.done()  # every 8th call in a row yields to the loop
+    assert order == [f"tick{i}" for i in range(5)]
+    assert await call(b, "e::plain", [1, 2]) == [1, 2]
