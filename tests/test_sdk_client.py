@@ -117,11 +117,14 @@ async def test_reconnect_replays_with_reattach_and_stable_ids():
     first = [await link.next() for _ in range(4)]
     first_trigger = next(f for f in first if f["type"] == Frame.REGISTER_TRIGGER)
 
+    engine.gate = asyncio.Event()  # hold the reconnect until a call is queued offline
     link.drop()  # a *normal* close: the SDK reconnects anyway
     while client.get_connection_state() == "connected":
         await asyncio.sleep(0.001)
     void = asyncio.ensure_future(client.trigger_async(
         {"function_id": "x::y", "payload": 1, "action": TriggerAction.Void()}))
+    await asyncio.sleep(0.01)
+    engine.gate.set()
     link2 = await engine.link(1)
     await void
     await link2.expect(Frame.REATTACH, previous_worker_id=link.worker_id, reattach_token=link.token)

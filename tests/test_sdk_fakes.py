@@ -87,8 +87,11 @@ class FakeEngine:
         self.slow = False
         self.answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.new_link = asyncio.Event()
+        self.gate: asyncio.Event | None = None  # when set, connects wait until it opens
 
     async def connector(self) -> FakeLink:
+        if self.gate is not None:
+            await self.gate.wait()
         if self.refuse > 0:
             self.refuse -= 1
             raise ConnectionRefusedError("fake engine down")
