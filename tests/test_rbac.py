@@ -379,7 +379,8 @@ async def test_auth_error_flow(rig: Any) -> None:
         ("none", "auth function gate::auth gave an invalid answer: it returned no AuthResult"),
         ("badshape", "auth function gate::auth gave an invalid answer: "
                      "AuthResult.allowed_functions must be a list of strings"),
-        ("slow", "auth function gate::auth did not answer within 1.5 s"),
+        ("slow", "auth function gate::auth did not answer within 1.5 s (it must answer "
+                 "within the listener's handshake_timeout_ms, 10 s at most)"),
     ]
     for token, message in cases:
         started = asyncio.get_running_loop().time()

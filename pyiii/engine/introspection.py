@@ -106,6 +106,20 @@ def _visible(ctx: "CallContext", function_id: str, namespace: str) -> bool:
     return policy is None or policy.check_invoke(function_id, namespace) is None
 
 
+def _type_visible(ctx: "CallContext", type_id: str) -> bool:
+    """An RBAC caller sees only the trigger types its AuthResult lets it bind."""
+    policy = ctx.caller.policy if ctx.caller is not None else None
+    return policy is None or policy.check_trigger_type(type_id) is None
+
+
+def _forbidden(ctx: "CallContext", function_id: str, namespace: str) -> CallError | None:
+    """The FORBIDDEN answer of a single lookup an RBAC caller may not see: the invocation
+    gate's own message, given whether the item exists or not."""
+    policy = ctx.caller.policy if ctx.caller is not None else None
+    denial = policy.check_invoke(function_id, namespace) if policy is not None else None
+    return None if denial is None else CallError.from_body(denial)
+
+
 def _hidden_id(function_id: str) -> bool:
     return function_id.startswith("engine::") and not function_id.startswith("engine::queue::")
 
@@ -118,7 +132,10 @@ def workers_list(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
     runtime = _opt(ctx, data, "runtime", str)
     status = _opt(ctx, data, "status", str)
     engine = ctx.engine
-    rows = [worker_summary(c, engine.functions.count_owned(c))
+    policy = ctx.caller.policy if ctx.caller is not None else None
+    rows = [worker_summary(c, engine.functions.count_owned(c) if policy is None else sum(
+                1 for e in engine.functions.owned_by(c) if _visible(ctx, e.function_id,
+                                                                   e.namespace)))
             for c in engine.connections.values() if c.info is not None and c.live]
     rows = [r for r in rows
             if (runtime is None or r["runtime"] == runtime)
@@ -151,7 +168,8 @@ def workers_info(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
     else:
         raise CallError(Code.NOT_FOUND, f"Worker '{name}' is ambiguous: it is connected in "
                                         f"namespace(s): {spaces}. Pass `namespace` to disambiguate.")
-    owned = sorted(engine.functions.owned_by(conn), key=lambda e: e.function_id)
+    owned = sorted((e for e in engine.functions.owned_by(conn)
+                    if _visible(ctx, e.function_id, e.namespace)), key=lambda e: e.function_id)
     worker = worker_summary(conn, len(owned))
     if conn.info and conn.info.pid is not None:
         worker["pid"] = conn.info.pid
@@ -160,9 +178,11 @@ def workers_info(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
         "worker": worker,
         "functions": [function_summary(e) for e in owned],
         "trigger_types": [trigger_type_summary(t) for t in sorted(
-            engine.triggers.types.values(), key=lambda t: t.key[1]) if t.provider is conn],
+            engine.triggers.types.values(), key=lambda t: t.key[1])
+            if t.provider is conn and _type_visible(ctx, t.key[1])],
         "registered_triggers": [binding_summary(engine, b) for b in sorted(
-            engine.triggers.bindings.values(), key=lambda b: b.id) if b.owner is conn],
+            engine.triggers.bindings.values(), key=lambda b: b.id)
+            if b.owner is conn and _visible(ctx, b.function_id, b.namespace)],
     }
 
 
@@ -204,7 +224,17 @@ def functions_list(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
 def _resolve_function(ctx: "CallContext", function_id: str,
                       namespace: str | None) -> FunctionEntry | CallError:
     functions = ctx.engine.functions
+    if namespace is not None:
+        denied = _forbidden(ctx, function_id, namespace)
+        if denied is not None:
+            return denied  # before the existence check: a denial reveals nothing
     spaces = functions.namespaces_of(function_id)
+    if ctx.caller is not None and ctx.caller.policy is not None:
+        # an RBAC caller learns only of the namespaces where it may call the function
+        spaces = [ns for ns in spaces if _visible(ctx, function_id, ns)]
+        if not spaces:
+            return _forbidden(ctx, function_id, namespace or DEFAULT_NAMESPACE) or CallError(
+                Code.NOT_FOUND, f"Function '{function_id}' is not registered.")
     if namespace is not None:
         entry = functions.get(namespace, function_id)
         if entry is None:
@@ -222,10 +252,7 @@ def _resolve_function(ctx: "CallContext", function_id: str,
                                          f"in namespace(s): {', '.join(spaces)}. "
                                          "Pass `namespace` to select one.")
     assert entry is not None
-    if not _visible(ctx, entry.function_id, entry.namespace):
-        return CallError(Code.FORBIDDEN, f"Function '{function_id}' is not available to this "
-                                         "connection.")
-    return entry
+    return _forbidden(ctx, entry.function_id, entry.namespace) or entry
 
 
 def functions_info(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +298,8 @@ def triggers_list(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
         if search and search.lower() not in tid.lower() \
                 and search.lower() not in ttype.description.lower():
             continue
+        if not _type_visible(ctx, tid):
+            continue
         rows.append(trigger_type_summary(ttype))
     rows.sort(key=lambda r: (r["id"], r["namespace"]))
     return {"triggers": rows}
@@ -281,6 +310,10 @@ def triggers_info(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(type_id, str):
         raise bad_input(ctx.function_id, "missing field `id`")
     namespace = _opt(ctx, data, "namespace", str) or DEFAULT_NAMESPACE
+    policy = ctx.caller.policy if ctx.caller is not None else None
+    denial = policy.check_trigger_type(type_id) if policy is not None else None
+    if denial is not None:
+        raise CallError(Code.FORBIDDEN, denial)
     ttype = ctx.engine.triggers.types.get((namespace, type_id))
     if ttype is None:
         raise CallError(Code.NOT_FOUND,
@@ -326,6 +359,9 @@ def registered_info(ctx: "CallContext", data: dict[str, Any]) -> dict[str, Any]:
     binding = engine.triggers.bindings.get(trigger_id)
     if binding is None:
         raise CallError(Code.NOT_FOUND, f"Registered trigger '{trigger_id}' was not found.")
+    denied = _forbidden(ctx, binding.function_id, binding.namespace)
+    if denied is not None:
+        raise denied
     row = binding_summary(engine, binding)
     del row["config_summary"]
     if binding.metadata is not None:

@@ -71,7 +71,8 @@ async def authenticate(engine: "Engine", rules: ListenerRules, request: dict[str
         raw = await asyncio.wait_for(call_trusted(engine, function_id, request), timeout_s)
     except asyncio.TimeoutError:
         raise AuthRefused(f"auth function {function_id} did not answer within "
-                          f"{timeout_s:g} s") from None
+                          f"{timeout_s:g} s (it must answer within the listener's "
+                          "handshake_timeout_ms, 10 s at most)") from None
     except CallError as exc:
         raise AuthRefused(f"auth function {function_id} refused the connection: "
                           f"[{exc.code}] {exc.message}") from None
@@ -236,6 +237,10 @@ class Session:
             if "metadata" in answer:
                 new["metadata"] = answer["metadata"]
         new["id"] = policy.prefixed(new["id"])
+        if new["id"].startswith("engine::"):  # the queue worker's way in; never a public one
+            return refuse(f"'{new['id']}': engine::* ids are reserved for the engine and trusted "
+                          "workers; an RBAC connection cannot register them (choose another id)",
+                          "engine::* id")
         key = (namespace, new["id"])
         if hook is not None and "metadata" in answer:
             policy.vouched[key] = new["metadata"]  # metadata the hook vouched for is trusted
@@ -256,16 +261,17 @@ class Session:
                 return self.engine.handle(conn, frame)  # the core answers INVALID_NAMESPACE
             target_ns = DEFAULT_NAMESPACE
 
-        def refuse(message: str) -> None:
-            log.warning("refused trigger %s (%s -> %s) from %s: %s", trigger_id, trigger_type,
-                        function_id, conn.label(), message)
+        def refuse(message: str, fix: str) -> None:
+            # the wire text is fixed by the spec; the operator's log says what to change
+            log.warning("refused trigger %s (%s -> %s) from %s: %s (%s)", trigger_id,
+                        trigger_type, function_id, conn.label(), message, fix)
             self.engine.send_safely(conn, protocol.trigger_result(
                 trigger_id, trigger_type, function_id,
                 protocol.error_body(Code.FORBIDDEN, message)))
 
         denial = policy.check_trigger_type(trigger_type)
         if denial is not None:
-            return refuse(denial)
+            return refuse(denial, "add it to allowed_trigger_types in the auth function's answer")
         rbac = policy.listener.rbac
         hook = rbac.on_trigger_registration if rbac is not None else None
         new = dict(frame)
@@ -276,17 +282,18 @@ class Session:
                 "metadata": frame.get("metadata"), "namespace": target_ns,
                 "context": policy.auth.context})
             if answer is None:
-                return refuse(_TRIGGER_HOOK)
+                return refuse(_TRIGGER_HOOK, f"see {hook}")
             for field, wire in (("trigger_id", "id"), ("trigger_type", "trigger_type"),
                                 ("function_id", "function_id"), ("config", "config")):
                 if field in answer:
                     if field != "config" and not isinstance(answer[field], str):
-                        return refuse(_TRIGGER_HOOK)
+                        return refuse(_TRIGGER_HOOK, f"{hook} returned a non-string {field}")
                     new[wire] = answer[field]
         new["function_id"] = policy.prefixed(new["function_id"])
         denial = policy.check_target(conn, new["function_id"], target_ns)
         if denial is not None:
-            return refuse(denial)
+            return refuse(denial, "bind a function this connection registered, or allow the "
+                                  "target through rbac.expose_functions or the AuthResult")
         if not conn.closing:
             self.engine.handle(conn, new)
 
@@ -313,5 +320,25 @@ class Session:
                 new["id"] = answer["trigger_type_id"]
             if "description" in answer:
                 new["description"] = answer["description"]
+        if self._claims_foreign_type(new["id"]):
+            log.warning("dropped trigger type %s from %s: another worker provides it or has "
+                        "bindings waiting for it, and an RBAC connection may not take it over "
+                        "(give public types their own ids, e.g. through %s)", new["id"],
+                        conn.label(), "rbac.on_trigger_type_registration_function_id")
+            return
         if not conn.closing:
             self.engine.handle(conn, new)
+
+    def _claims_foreign_type(self, type_id: str) -> bool:
+        """Whether registering ``type_id`` would make this connection provider (or standby) of a
+        type others rely on: one provided by another connection in any namespace (a namespaced
+        type also captures that namespace's bindings), or one whose bindings from trusted
+        workers wait for their provider to come back (they would be handed to this worker,
+        configuration included)."""
+        triggers = self.engine.triggers
+        if any(key[1] == type_id and ttype.provider is not self.conn
+               for key, ttype in triggers.types.items()):
+            return True
+        return any(b.trigger_type == type_id and b.provider_key is None
+                   and (b.owner is None or b.owner.policy is None)
+                   for b in triggers.bindings.values())
