@@ -108,8 +108,21 @@ def prepare(plan: Any, name: str, manifest: Any, args: argparse.Namespace) -> No
     install_dir = project_dir / ".iii" / "install" / name
     if not install_dir.exists():
         plan.created_files.append(install_dir)
-    local.prepare_local_sync(name, folder, project_dir, env=env, wrap=wrap, manifest=manifest,
-                             output=lambda line: output.plain(line) if not output.Mode.quiet else None)
+    # setup/install output goes to stderr live and to the worker's log (§8.1, §9.3), so
+    # `iii worker logs` shows what the install printed; the engine rotates the file later
+    log_path = project_dir / ".iii" / "logs" / f"{name}.log"
+    if not log_path.parent.exists():
+        plan.created_files.append(log_path.parent)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        def show(line: str) -> None:
+            if not output.Mode.quiet:
+                output.plain(line)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        local.prepare_local_sync(name, folder, project_dir, env=env, wrap=wrap, manifest=manifest,
+                                 output=show)
 
 
 def describe(entry: Any) -> str:

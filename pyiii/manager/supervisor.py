@@ -34,6 +34,24 @@ class SupervisorError(ManagerError):
     """A refused runtime operation; ``code`` is a cli.md §0.4 code."""
 
 
+class LiveIsolation(dict):
+    """Worker name → isolation, as the engine reads it when a connection registers a name.
+
+    The name alone does not prove a connection is the managed process: while that process is
+    not alive (stopped, failed, waiting in backoff) anyone may connect under the name, and it
+    must then be reported with isolation null rather than a sandbox it is not in (§9.4)."""
+
+    def __init__(self, records: dict[str, "Record"]) -> None:
+        super().__init__()
+        self._records = records
+
+    def get(self, name: Any, default: Any = None) -> Any:  # type: ignore[override]
+        record = self._records.get(name)
+        if record is None or record.process is None or record.process.pid is None:
+            return default
+        return super().get(name, default)
+
+
 @dataclass
 class Record:
     """One declared worker and whatever runs it now."""
@@ -82,7 +100,7 @@ class Supervisor:
         self._applied_once = False
         self._applying = asyncio.Lock()  # a reload waits for the startup (or previous) apply
         self._warned_unsandboxed: set[str] = set()
-        self.managed_isolation: dict[str, str] = {}
+        self.managed_isolation = LiveIsolation(self.records)
         engine.managed_isolation = self.managed_isolation  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- queries
