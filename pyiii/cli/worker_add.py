@@ -91,6 +91,8 @@ class Plan:
     messages: list[str] = field(default_factory=list)
     created_files: list[Path] = field(default_factory=list)
     needs_resolution: bool = False  # a local worker depends on a registry worker
+    after_commit: list[Any] = field(default_factory=list)  # run once both files are written
+    on_failure: list[Any] = field(default_factory=list)  # run when nothing gets written
 
     def declared(self) -> dict[str, Any]:
         from pyiii.engine.config import parse_config
@@ -170,7 +172,11 @@ def _resolve(plan: Plan, registry: list[Request], args: argparse.Namespace, txn:
     config = parse_config(plan.text, project.config_path)
     registries = Registries(registry_list(opt(args, "registry"), config.registries, cwd=Path.cwd(),
                                           project_dir=project.project_dir),
-                            Cache(cache_dir()), offline=bool(opt(args, "offline")))
+                            Cache(cache_dir(), deferred=True), offline=bool(opt(args, "offline")), deferred=True)
+    # documents and downloads reach the cache only once the add commits: a failed add leaves
+    # the cache as it found it
+    plan.after_commit += [registries.save_documents, registries.cache.keep]
+    plan.on_failure.append(registries.cache.discard)
     if registry:
         output.progress(f"resolving {', '.join(str(r.name) for r in registry)}...")
     result = plan_registry_add(
@@ -233,11 +239,15 @@ def run(args: argparse.Namespace) -> int:
             except BaseException:
                 for path in plan.created_files:
                     shutil.rmtree(path, ignore_errors=True)
+                for hook in plan.on_failure:
+                    hook()
                 if session is not None:  # put back what was stopped: nothing changed
                     for name in held:
                         if not _is_local(plan, name):
                             session.call("worker::start", {"name": name}, 120.0)
                 raise
+        for hook in plan.after_commit:
+            hook()
         for message in plan.messages:
             output.ok(message)
         if session is not None and held:
@@ -288,11 +298,17 @@ def _plan(args: argparse.Namespace, project: Project, txn: Any, requests: list[R
             elif req.kind == "oci":
                 _add_oci(plan, req, args)
         registry = [req for req in requests if req.kind == "registry"]
+        for req in registry:  # a registry name already declared as a local or image worker
+            declared = plan.declared().get(str(req.name))
+            if declared is not None and declared.kind != "registry":
+                raise conflict(str(req.name), declared)
         if registry or plan.needs_resolution:
             _resolve(plan, registry, args, txn)
     except BaseException:
         for path in plan.created_files:
             shutil.rmtree(path, ignore_errors=True)
+        for hook in plan.on_failure:
+            hook()
         raise
     return plan
 

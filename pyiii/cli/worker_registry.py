@@ -204,22 +204,30 @@ def run_update(args: argparse.Namespace) -> int:
         targets = _targets(list(args.names), config, lock)
         registries = Registries(registry_list(opt(args, "registry"), config.registries, cwd=Path.cwd(),
                                               project_dir=project.project_dir),
-                                Cache(cache_dir()), offline=bool(opt(args, "offline")))
+                                Cache(cache_dir(), deferred=True), offline=bool(opt(args, "offline")), deferred=True)
+
         def announce(resolved: Any) -> None:
             _print_warnings(resolved.warnings)
             for line in resolved.changes:
                 output.progress(line)
 
-        plan = plan_update(targets, config=config, lock=lock, registries=registries,
-                           project_dir=project.project_dir, cache=registries.cache, progress=progress,
-                           stager=txn, latest=bool(args.latest), on_resolved=announce,
-                           output=(lambda line: None) if output.Mode.quiet else None)
+        try:
+            plan = plan_update(targets, config=config, lock=lock, registries=registries,
+                               project_dir=project.project_dir, cache=registries.cache, progress=progress,
+                               stager=txn, latest=bool(args.latest), on_resolved=announce,
+                               output=(lambda line: None) if output.Mode.quiet else None)
+            if plan.lock_changed or plan.config_changes:
+                plan.commit(txn)
+        except BaseException:
+            registries.cache.discard()  # a failed update leaves the cache as it found it
+            raise
+        registries.save_documents()
+        registries.cache.keep()
         if not plan.lock_changed and not plan.config_changes:
             if opt(args, "json"):
                 output.emit_json({"ok": True, "updated": [], "unchanged": sorted(plan.lock.workers)})
             output.ok("everything is up to date")
             return 0
-        plan.commit(txn)
     output.ok(f"updated iii.lock ({len(plan.changes) or len(plan.updated)} changed)")
     ready: dict[str, str] = {}
     declared = {e.name for e in config.workers}

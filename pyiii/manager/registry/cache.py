@@ -3,6 +3,10 @@
 `blobs/sha256/<hex>` holds verified downloads and `registry/<url hash>/` registry documents
 with their validators (ETag / Last-Modified). Everything here can be deleted at any time: a
 blob is always re-hashed before use and a document is revalidated with the server.
+
+A `deferred` cache (what `add` and `update` use) holds the verified downloads of one command
+as temporary files until `keep()`, so a command that fails after some downloads succeeded
+leaves the cache as it found it (`discard()`).
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ class CachedDocument:
 class Cache:
     """One cache folder. Nothing is created until something is stored."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, deferred: bool = False) -> None:
         self.root = Path(root)
+        self.deferred = deferred
+        self._held: dict[str, Path] = {}  # sha256 -> verified temporary file (deferred only)
 
     # -- blobs -------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -65,6 +71,39 @@ class Cache:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, target)
         return target
+
+    def find_blob(self, sha256: str) -> Path | None:
+        """The file holding `sha256`: one held by this deferred cache, else the stored blob."""
+        held = self._held.get(sha256)
+        if held is not None and held.is_file():
+            return held
+        path = self.blob_path(sha256)
+        return path if path.is_file() else None
+
+    def settle(self, temp: Path, sha256: str) -> Path:
+        """A verified download: stored as a blob now, or held until `keep()` when deferred."""
+        if not self.deferred:
+            return self.adopt(temp, sha256)
+        old = self._held.get(sha256)
+        if old is not None and old != temp:
+            old.unlink(missing_ok=True)
+        self._held[sha256] = temp
+        return temp
+
+    def keep(self) -> None:
+        """Store the held downloads as blobs (the command committed)."""
+        held, self._held = self._held, {}
+        for sha256, temp in held.items():
+            try:
+                self.adopt(temp, sha256)
+            except OSError:  # the cache only saves downloads; losing one is not an error
+                temp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Delete the held downloads (the command failed)."""
+        held, self._held = self._held, {}
+        for temp in held.values():
+            temp.unlink(missing_ok=True)
 
     # -- registry documents ------------------------------------------------------------------
     def _doc_dir(self, url: str) -> Path:

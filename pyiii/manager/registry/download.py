@@ -47,8 +47,8 @@ def fetch_artifact(name: str, version: str, location: Location, artifact: Artifa
                    progress: Progress, *, limit: int, reuse: bool = True) -> Path:
     """Return the path of the verified blob for `artifact`, downloading it if needed."""
     label = f"{name} {version}"
-    blob = cache.blob_path(artifact.sha256)
-    if reuse and blob.is_file():
+    blob = cache.find_blob(artifact.sha256)
+    if reuse and blob is not None:
         if sha256_file(blob) == artifact.sha256 and blob.stat().st_size == artifact.size:
             return blob
         blob.unlink()  # a damaged cache entry: fetch it again
@@ -94,7 +94,7 @@ def fetch_artifact(name: str, version: str, location: Location, artifact: Artifa
         if got != artifact.sha256:
             raise ManagerError("W143", f"sha256 mismatch for {label} ({location}): expected {artifact.sha256}, got {got}",
                                hint="the artifact changed after it was published or locked; do not trust it")
-        path = cache.adopt(temp, got)
+        path = cache.settle(temp, got)
         progress.finish()
         return path
     except BaseException:

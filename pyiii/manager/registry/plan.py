@@ -8,6 +8,7 @@ or drops it (the transaction deletes the staging folders).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,34 +184,46 @@ def stage_installs(plan: Plan, names: set[str], *, project_dir: Path, cache: Cac
                    stager: Stager, platform: str, force: bool = False, offline: bool = False,
                    output: Callable[[str], None] | None = None) -> None:
     """Download, verify and build in staging the install of each named lock entry that is
-    new, changed, missing, or (with `force`) any of them."""
-    for name in sorted(names):
-        entry = plan.lock.workers.get(name)
-        if entry is None or entry.type not in ("package", "binary"):
-            continue
-        if not force and is_current(project_dir, name, entry, platform):
-            continue
-        art = entry.artifact_for(platform)
-        assert art is not None
-        location = locked_location(art.url, project_dir)
-        if offline and location.url is not None and not cache.blob_path(art.sha256).is_file():
-            raise ManagerError("W142", f"{name} {entry.version} is not in the cache and --offline forbids downloading it",
-                               hint="run again without --offline")
-        blob = fetch_artifact(name, entry.version, location, art, cache, progress,
-                              limit=download_limit(entry.type), reuse=not force)
-        root = install_root(project_dir, name)
-        fresh = not root.exists()
-        staging = stager.staging_dir(name)
-        try:
-            build_install(name, entry, blob, staging, project_dir, platform, output=output)
-        except BaseException:
-            if fresh:  # a failed first install leaves no .iii/install/<name> behind
-                shutil.rmtree(root, ignore_errors=True)
-            raise
-        folder = install_path(project_dir, name, entry, platform)
-        assert folder is not None
-        stager.stage_install(name, staging, folder.name)
-        plan.installed.append(name)
+    new, changed, missing, or (with `force`) any of them. On any failure the
+    `.iii/install/<name>/` folders this call created are removed again: nothing is activated
+    before commit, so they hold only staging."""
+    install_dir = Path(project_dir) / ".iii" / "install"
+    new_dir = not install_dir.exists()
+    created = [root for root in (install_root(project_dir, n) for n in sorted(names)) if not root.exists()]
+    try:
+        for name in sorted(names):
+            _stage_one(plan, name, project_dir=project_dir, cache=cache, progress=progress, stager=stager,
+                       platform=platform, force=force, offline=offline, output=output)
+    except BaseException:
+        for root in created:
+            shutil.rmtree(root, ignore_errors=True)
+        if new_dir:
+            with contextlib.suppress(OSError):
+                install_dir.rmdir()
+        raise
+
+
+def _stage_one(plan: Plan, name: str, *, project_dir: Path, cache: Cache, progress: Progress, stager: Stager,
+               platform: str, force: bool, offline: bool, output: Callable[[str], None] | None) -> None:
+    entry = plan.lock.workers.get(name)
+    if entry is None or entry.type not in ("package", "binary"):
+        return
+    if not force and is_current(project_dir, name, entry, platform):
+        return
+    art = entry.artifact_for(platform)
+    assert art is not None
+    location = locked_location(art.url, project_dir)
+    if offline and location.url is not None and cache.find_blob(art.sha256) is None:
+        raise ManagerError("W142", f"{name} {entry.version} is not in the cache and --offline forbids downloading it",
+                           hint="run again without --offline")
+    blob = fetch_artifact(name, entry.version, location, art, cache, progress,
+                          limit=download_limit(entry.type), reuse=not force)
+    staging = stager.staging_dir(name)
+    build_install(name, entry, blob, staging, project_dir, platform, output=output)
+    folder = install_path(project_dir, name, entry, platform)
+    assert folder is not None
+    stager.stage_install(name, staging, folder.name)
+    plan.installed.append(name)
 
 
 def _diff(plan: Plan) -> None:

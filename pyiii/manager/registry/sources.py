@@ -56,7 +56,11 @@ class Registries:
     offline: bool = False
     warnings: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)  # document locations read (tests, --json)
+    # deferred: fresh documents are kept in memory until `save_documents()`, so that a command
+    # that fails leaves the cache exactly as it found it (commands call it after committing).
+    deferred: bool = False
     _seen: dict[str, Found] = field(default_factory=dict)
+    _pending: list[tuple[str, bytes, str | None, str | None]] = field(default_factory=list)
 
     def searched(self) -> str:
         return ", ".join(["first-party", *(s.display for s in self.sources)])
@@ -89,12 +93,25 @@ class Registries:
                 continue
             body, validators = got
             doc = parse_document(body, str(location), name)
-            if validators is not None and location.url is not None:
-                self.cache.store_document(location.url, body, *validators)  # only once it parsed
+            if validators is not None and location.url is not None:  # only once it parsed
+                if self.deferred:
+                    self._pending.append((location.url, body, *validators))
+                else:
+                    self.cache.store_document(location.url, body, *validators)
             return Found(doc, source)
         offline = " (offline: only cached documents were searched)" if self.offline else ""
         raise ManagerError("W110", f"worker '{name}' was not found in any registry (searched: {self.searched()}){offline}",
                            hint="check the name, or pass the registry that publishes it with --registry URL")
+
+    def save_documents(self) -> None:
+        """Cache the documents a deferred run fetched. The cache only saves requests, so a
+        write that fails (full disk, read-only cache) is not the command's failure."""
+        pending, self._pending = self._pending, []
+        for url, body, etag, modified in pending:
+            try:
+                self.cache.store_document(url, body, etag, modified)
+            except OSError:
+                return
 
     def _read(self, location: Location) -> tuple[bytes, tuple[str | None, str | None] | None] | None:
         """The document's bytes and, for a fresh HTTP answer, the validators to cache."""
