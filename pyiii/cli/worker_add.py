@@ -22,6 +22,7 @@ from pyiii.cli.worker_common import (
     add_common, check_name, interactive, load_config_text, note_alias, opt, project_of, transaction,
     validate_lock,
 )
+from pyiii.cli.worker_add_image import add_image_worker
 from pyiii.cli.worker_add_local import add_local, conflict, prepare
 from pyiii.engine.firstparty import canonical_name, is_first_party
 
@@ -296,7 +297,7 @@ def _plan(args: argparse.Namespace, project: Project, txn: Any, requests: list[R
                     version = f" {manifest.version}" if manifest.version else ""
                     plan.messages.append(f"added {name}{version} to config.yaml")
             elif req.kind == "oci":
-                _add_oci(plan, req, args)
+                add_image_worker(plan, req, args)
         registry = [req for req in requests if req.kind == "registry"]
         for req in registry:  # a registry name already declared as a local or image worker
             declared = plan.declared().get(str(req.name))
@@ -311,47 +312,6 @@ def _plan(args: argparse.Namespace, project: Project, txn: Any, requests: list[R
             hook()
         raise
     return plan
-
-
-def _add_oci(plan: Plan, req: Request, args: argparse.Namespace) -> None:
-    """An image reference (§4.1 "OCI"): pull it, pin its digest in the lock, declare `image:`."""
-    import sys
-
-    from pyiii.cli.worker_common import refuse_first_party
-    from pyiii.manager.config_edit import add_entry
-    from pyiii.manager.oci.declare import add_image, check_isolation
-    from pyiii.manager.oci.reference import parse_reference
-    from pyiii.manager.registry.progress import Progress
-
-    ref = parse_reference(req.text)
-    name = opt(args, "name") or ref.name
-    check_name(name)
-    refuse_first_party(name)
-    isolation = opt(args, "isolation")
-    check_isolation(name, isolation)
-    declared = plan.declared().get(name)
-    if declared is not None and (declared.kind != "oci" or declared.image != req.text):
-        raise conflict(name, declared)
-    force = bool(opt(args, "force") or opt(args, "force_default"))
-    result = add_image(ref, name, plan.lock.workers.get(name) if declared is not None else None, force=force,
-                       progress=Progress(sys.stderr, fancy=output.fancy(), quiet=output.Mode.quiet))
-    plan.lock.workers[name] = result.entry
-    version = result.entry.version
-    if declared is None:
-        fields: dict[str, Any] = {"name": name, "image": req.text}
-        if isolation:
-            fields["isolation"] = isolation
-        plan.text = add_entry(plan.text, fields)
-        plan.added.append(name)
-        plan.messages.append(f"added {name} {version} to config.yaml and iii.lock")
-    elif result.unchanged:
-        plan.unchanged.append(name)
-        plan.messages.append(f"reinstalled {name} {version}" if force else f"{name} {version} is already installed")
-    else:
-        plan.updated.append(name)
-        plan.messages.append(f"locked {name} {version} in iii.lock")
-    for dep, spec in (result.manifest.dependencies.items() if result.manifest is not None else ()):
-        add_dependency(plan, canonical_name(dep), spec, name)
 
 
 def _is_local(plan: Plan, name: str) -> bool:
