@@ -92,6 +92,9 @@ class Router:
         self.functions = engine.functions
         self.legs: dict[str, Leg] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        # caller → (its name, its "caller" block): shared by the frames of its calls, which
+        # nobody changes (the engine builds them; workers only read them)
+        self.caller_blocks: dict[Connection, tuple[str | None, dict[str, Any]]] = {}
 
     # -- calls from workers -----------------------------------------------------------------
 
@@ -133,7 +136,16 @@ class Router:
         if call.baggage is not None:
             frame["baggage"] = call.baggage
         if caller is not None:
-            frame["caller"] = _caller_block(caller, call.caller_extra)
+            extra = call.caller_extra
+            if extra is None:  # the usual case: the same block for every call of this caller
+                info = caller.info
+                name = info.name if info is not None else None
+                cached = self.caller_blocks.get(caller)
+                if cached is None or cached[0] != name:
+                    cached = self.caller_blocks[caller] = (name, _caller_block(caller, None))
+                frame["caller"] = cached[1]
+            else:
+                frame["caller"] = _caller_block(caller, extra)
         # the leg exists before the frame goes out: an in-process worker may answer inside send
         leg = Leg(leg_id, entry.function_id, callee, caller, reply_id, call.function_id, future)
         self.legs[leg_id] = leg
@@ -294,6 +306,7 @@ class Router:
                 leg.caller = None
                 leg.reply_id = None
         conn.legs_out.clear()
+        self.caller_blocks.pop(conn, None)
 
 
 def _caller_block(caller: Connection, extra: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class Calls(ConnectionCore):
     def trigger(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Blocking call (own-loop mode, or any thread but the client's loop)."""
         self._refuse_on_loop("trigger", "trigger_async")
-        return asyncio.run_coroutine_threadsafe(self._trigger_here(request), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self.trigger_async(request), self._loop).result()
 
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Call a function: its result; ``None`` for Void; ``{"messageReceiptId"}`` for
@@ -51,64 +51,10 @@ class Calls(ConnectionCore):
             here = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        if here is self._loop:
-            return await self._trigger_here(request)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-            self._trigger_here(request), self._loop))
-
-    def _call_frame(self, request: Any) -> tuple[dict[str, Any], str, Any]:
-        """The ``invokefunction`` frame of a trigger request (no invocation id yet), its
-        function id and its ``timeout_ms`` (None: the client's default)."""
-        if self._fatal is not None:
-            raise self._fatal
-        if isinstance(request, dict):
-            get = request.get
-        else:
-            def get(key: str, default: Any = None) -> Any:
-                return getattr(request, key, default)
-        function_id = get("function_id")
-        if not isinstance(function_id, str) or not function_id:
-            raise ValueError("trigger request needs a function_id")
-        explicit_ns = get("namespace")
-        if explicit_ns is None and function_id.startswith(_BUILTIN_PREFIXES):
-            namespace: str | None = DEFAULT_NAMESPACE
-        else:
-            namespace = self._call_namespace(explicit_ns, "TriggerRequest.namespace")
-        frame: dict[str, Any] = {"type": Frame.INVOKE_FUNCTION, "function_id": function_id,
-                                 "data": to_json_value(get("payload"))}
-        metadata = get("metadata")
-        if metadata is not None:
-            frame["metadata"] = metadata
-        for key in ("traceparent", "baggage"):  # W3C trace context, relayed by the engine
-            value = get(key)
-            if value is not None:
-                frame[key] = value
-        if namespace is not None:
-            frame["namespace"] = namespace
-        action = action_to_wire(get("action"))
-        if action is not None:
-            frame["action"] = action
-        return frame, function_id, get("timeout_ms")
-
-    def _await_answer(self, frame: dict[str, Any], function_id: str,
-                      timeout_ms: Any) -> tuple[str, int, asyncio.Future[Any]]:
-        """Give ``frame`` an invocation id and a pending future with its deadline."""
-        timeout_ms = timeout_ms or self._timeout_ms
-        inv_id = self._next_call_id()
-        frame["invocation_id"] = inv_id
-        future = self._loop.create_future()
-        self._deadlines.add(inv_id, timeout_ms)
-        self._pending[inv_id] = _Pending(future, timeout_ms, function_id)
-        return inv_id, timeout_ms, future
-
-    def _forget_call(self, inv_id: str, timeout_ms: int) -> None:
-        self._deadlines.discard(inv_id, timeout_ms)
-        self._pending.pop(inv_id, None)
-
-    def _end_streak(self) -> None:
-        self._sync_streak = 0
-
-    async def _trigger_here(self, request: Any) -> Any:
+        if here is not self._loop:  # run on the client's loop, where this takes the path below
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                self.trigger_async(request), self._loop))
+        # the body of the call is here, not in a helper coroutine: one coroutine per call
         frame, function_id, timeout_ms = self._call_frame(request)
         action = frame.get("action")
         if action is not None and action["type"] == "void":
@@ -133,6 +79,62 @@ class Calls(ConnectionCore):
         finally:
             if not future.done():  # cancelled by the caller, or the send failed
                 self._forget_call(inv_id, timeout_ms)
+
+    def _call_frame(self, request: Any) -> tuple[dict[str, Any], str, Any]:
+        """The ``invokefunction`` frame of a trigger request (no invocation id yet), its
+        function id and its ``timeout_ms`` (None: the client's default)."""
+        if self._fatal is not None:
+            raise self._fatal
+        if isinstance(request, dict):
+            get = request.get
+        else:
+            def get(key: str, default: Any = None) -> Any:
+                return getattr(request, key, default)
+        function_id = get("function_id")
+        if not isinstance(function_id, str) or not function_id:
+            raise ValueError("trigger request needs a function_id")
+        explicit_ns = get("namespace")
+        if explicit_ns is not None:
+            namespace: str | None = self._call_namespace(explicit_ns, "TriggerRequest.namespace")
+        elif function_id.startswith(_BUILTIN_PREFIXES):
+            namespace = DEFAULT_NAMESPACE
+        else:
+            namespace = self._namespace
+        frame: dict[str, Any] = {"type": Frame.INVOKE_FUNCTION, "function_id": function_id,
+                                 "data": to_json_value(get("payload"))}
+        metadata = get("metadata")
+        if metadata is not None:
+            frame["metadata"] = metadata
+        value = get("traceparent")  # W3C trace context, relayed by the engine
+        if value is not None:
+            frame["traceparent"] = value
+        value = get("baggage")
+        if value is not None:
+            frame["baggage"] = value
+        if namespace is not None:
+            frame["namespace"] = namespace
+        action = action_to_wire(get("action"))
+        if action is not None:
+            frame["action"] = action
+        return frame, function_id, get("timeout_ms")
+
+    def _await_answer(self, frame: dict[str, Any], function_id: str,
+                      timeout_ms: Any) -> tuple[str, int, asyncio.Future[Any]]:
+        """Give ``frame`` an invocation id and a pending future with its deadline."""
+        timeout_ms = timeout_ms or self._timeout_ms
+        inv_id = self._next_call_id()
+        frame["invocation_id"] = inv_id
+        future = self._loop.create_future()
+        self._deadlines.add(inv_id, timeout_ms)
+        self._pending[inv_id] = _Pending(future, timeout_ms, function_id)
+        return inv_id, timeout_ms, future
+
+    def _forget_call(self, inv_id: str, timeout_ms: int) -> None:
+        self._deadlines.discard(inv_id, timeout_ms)
+        self._pending.pop(inv_id, None)
+
+    def _end_streak(self) -> None:
+        self._sync_streak = 0
 
     def trigger_nowait(self, request: dict[str, Any] | TriggerRequest) -> "asyncio.Future[Any]":
         """Start a request/response call and return its future at once (pyiii addition, on

@@ -336,7 +336,7 @@ class III(Calls):
             made = hub.create(buffer_size)
             refs = {"writer": made.ref("write"), "reader": made.ref("read")}
         else:
-            refs = await self._trigger_here({"function_id": "engine::channels::create",
+            refs = await self.trigger_async({"function_id": "engine::channels::create",
                                              "payload": {"buffer_size": buffer_size}})
         writer_ref, reader_ref = StreamChannelRef.of(refs["writer"]), StreamChannelRef.of(refs["reader"])
         return Channel(writer=self.channel_end(writer_ref), reader=self.channel_end(reader_ref),

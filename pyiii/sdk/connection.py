@@ -21,6 +21,7 @@ Why the structure:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -254,7 +255,7 @@ class ConnectionCore:
         dispatch = self._dispatch
         run = getattr(transport, "run", None)
         if run is not None:  # the transport calls us per frame: no task switch per message
-            await run(lambda frame: dispatch(frame, transport))
+            await run(functools.partial(dispatch, transport=transport))
             return
         recv = transport.recv
         while True:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import threading
 from asyncio.tasks import (  # type: ignore[attr-defined]
     _current_tasks,
     _enter_task,
@@ -33,10 +32,11 @@ MAX_DEPTH = 8  # eager steps nested in eager steps (in-process call chains) befo
 class _Standin:
     """The current task during the eager step; forwards to the real task once there is one."""
 
-    __slots__ = ("task", "_loop", "_coro", "_cancels", "_cancel_msg")
+    __slots__ = ("task", "depth", "_loop", "_coro", "_cancels", "_cancel_msg")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Any, depth: int) -> None:
         self.task: asyncio.Task[Any] | None = None
+        self.depth = depth  # eager steps this one runs inside (in-process call chains)
         self._loop = loop
         self._coro = coro
         self._cancels = 0
@@ -115,24 +115,21 @@ async def _drive(coro: Any, yielded: Any, standin: _Standin) -> Any:
         error = None
 
 
-_local = threading.local()  # eager steps nested on this thread
-
-
 def start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
           tasks: set[Any]) -> "asyncio.Task[Any] | None":
     """Run ``coro`` (whose result is not needed) now; a task continues it if it waits.
     Returns that task (None: the coroutine already ended); tasks are kept in ``tasks`` until
     they end."""
-    depth = getattr(_local, "depth", 0)
+    outer = _current_tasks.get(loop)
+    # an eager step runs inside another one exactly when the current task is a stand-in
+    depth = outer.depth + 1 if outer.__class__ is _Standin else 0
     if depth >= MAX_DEPTH:
         return _spawn(loop, loop.create_task(coro), tasks)
     ctx = contextvars.copy_context()
-    standin = _Standin(loop, coro)
-    outer = _current_tasks.get(loop)
+    standin = _Standin(loop, coro, depth)
     if outer is not None:
         _leave_task(loop, outer)
     _enter_task(loop, standin)
-    _local.depth = depth + 1
     try:
         yielded = ctx.run(coro.send, None)
     except StopIteration:
@@ -141,7 +138,6 @@ def start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
         log.exception("pyiii handler task failed")
         return None
     finally:
-        _local.depth = depth
         _leave_task(loop, standin)
         if outer is not None:
             _enter_task(loop, outer)
