@@ -108,15 +108,17 @@ async def test_unauthenticated_flood_does_not_delay_trusted_traffic() -> None:
             await asyncio.sleep(0.01)
         assert len(server.handler_tasks) == FLOOD
         await asyncio.sleep(0.1)
-        loaded = await _latency(caller, 1.2)
-        if loaded > baseline * ALLOWED_SLOWDOWN:  # a busy neighbour on a shared machine: re-measure once
-            baseline = min(baseline, await _latency(caller, 0.5))
-            loaded = min(loaded, await _latency(caller, 0.5))
-        assert loaded <= baseline * ALLOWED_SLOWDOWN, (
-            f"trusted call took {loaded * 1e6:.0f} µs under the flood vs {baseline * 1e6:.0f} µs")
+        # most of the deadline window: the more rounds, the likelier one ran undisturbed by
+        # other processes on the machine (their noise only ever adds time)
+        loaded = await _latency(caller, 2.0)
 
         line = await asyncio.wait_for(asyncio.to_thread(attacker.stdout.readline), 20)
         assert line.startswith("CLOSED ")
+        # the same engine without the flood again: a second baseline, so that a busy spell
+        # before the flood does not count against the engine
+        baseline = min(baseline, await _latency(caller, 1.0))
+        assert loaded <= baseline * ALLOWED_SLOWDOWN, (
+            f"trusted call took {loaded * 1e6:.0f} µs under the flood vs {baseline * 1e6:.0f} µs")
         report = json.loads(line[len("CLOSED "):])
         assert report["count"] == FLOOD
         # every socket was closed by the engine at the handshake deadline (±50 %)
