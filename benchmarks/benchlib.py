@@ -52,6 +52,23 @@ class Child:
                 await self.proc.wait()
 
 
+async def spawn_logged(workdir: Path, index: int, name: str, argv: list[str], *,
+                       stdin: bool = False, cwd: Path | None = None,
+                       env: dict[str, str] | None = None) -> Child:
+    """Start ``argv`` with stdout as the protocol pipe and stderr in ``<index>-<name>.log``
+    under ``workdir``; the repository root is put on PYTHONPATH so that roles import pyiii."""
+    root = Path(__file__).resolve().parent.parent
+    log_path = workdir / f"{index:03d}-{name}.log"
+    base = os.environ if env is None else env
+    child_env = dict(base, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log_path, "wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            cwd=str(cwd or root), env=child_env)
+    return Child(name, proc, log_path)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as f:

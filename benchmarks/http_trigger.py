@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Child, cpu_seconds, machine
+from benchlib import Child, spawn_logged, cpu_seconds, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
@@ -310,15 +310,8 @@ class Runner:
 
     async def spawn(self, name: str, role: str, *extra: Any) -> Child:
         self.counter += 1
-        log_path = self.workdir / f"{self.counter:03d}-{name}.log"
-        log_file = open(log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--role", role, *map(str, extra),
-            stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
-            cwd=str(ROOT), env=env)
-        log_file.close()
-        child = Child(name, proc, log_path)
+        argv = [sys.executable, str(Path(__file__).resolve()), "--role", role, *map(str, extra)]
+        child = await spawn_logged(self.workdir, self.counter, name, argv)
         self.children.append(child)
         return child
 

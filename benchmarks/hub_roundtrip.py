@@ -47,7 +47,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, cpu_seconds, free_port, rss_kib, wait_port, machine
+from benchlib import Child, spawn_logged, cpu_seconds, free_port, rss_kib, wait_port, machine
 
 import orjson
 
@@ -352,15 +352,7 @@ class Runner:
 
     async def spawn(self, name: str, argv: list[str], stdin: bool = False) -> Child:
         self.counter += 1
-        log_path = self.workdir / f"{self.counter:03d}-{name}.log"
-        log_file = open(log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            cwd=str(ROOT), env=env)
-        log_file.close()
-        child = Child(name, proc, log_path)
+        child = await spawn_logged(self.workdir, self.counter, name, argv, stdin=stdin)
         self.children.append(child)
         return child
 

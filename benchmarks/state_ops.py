@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, cpu_seconds, free_port, machine
+from benchlib import Child, spawn_logged, cpu_seconds, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -186,15 +186,7 @@ class Runner:
 
     async def spawn(self, name: str, argv: list[str], stdin: bool = False) -> Child:
         self.counter += 1
-        log_path = self.workdir / f"{self.counter:03d}-{name}.log"
-        log_file = open(log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=log_file,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            cwd=str(ROOT), env=env)
-        log_file.close()
-        return Child(name, proc, log_path)
+        return await spawn_logged(self.workdir, self.counter, name, argv, stdin=stdin)
 
     def py(self, role: str, *extra: Any) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--role", role, *map(str, extra)]
