@@ -69,6 +69,19 @@ async def spawn_logged(workdir: Path, index: int, name: str, argv: list[str], *,
     return Child(name, proc, log_path)
 
 
+async def engine_on_free_port() -> tuple[object, object, str]:
+    """A started pyiii Engine with a WebSocket listener on 127.0.0.1 and a free port, for the
+    roles that run the engine in their own process: (engine, listener, ws url)."""
+    from pyiii.engine.core import Engine
+    from pyiii.engine.listener import Listener, ListenerConfig
+
+    engine = Engine()
+    engine.start()
+    listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
+    await listener.start()
+    return engine, listener, f"ws://127.0.0.1:{listener.port}"
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as f:

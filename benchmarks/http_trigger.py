@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Child, spawn_logged, cpu_seconds, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
@@ -107,18 +107,12 @@ async def register_routes(client: Any, routes: int) -> None:
 
 async def role_engine(mode: str, routes: int) -> None:
     """Engine + listener + iii-http in one process; ``mode`` inproc also hosts the handler."""
-    from pyiii.engine.core import Engine
     from pyiii.engine.inprocess import local_connector
-    from pyiii.engine.listener import Listener, ListenerConfig
     from pyiii.sdk import InitOptions, register_worker
     from pyiii.workers import http
     from pyiii.workers.base import WorkerContext
 
-    engine = Engine()
-    engine.start()
-    listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
-    await listener.start()
-    url = f"ws://127.0.0.1:{listener.port}"
+    engine, listener, url = await engine_on_free_port()
     ctx = WorkerContext("iii-http", {"port": 0, "host": "127.0.0.1"}, Path(tempfile.gettempdir()),
                         True, url=url, connector=local_connector(engine))
     worker = await http.start(ctx)

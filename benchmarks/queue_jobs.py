@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchlib import Child, spawn_logged, cpu_seconds, free_port, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("pyiii", "pyiii-redis", "celery", "dramatiq", "arq")
@@ -192,17 +192,11 @@ def consumer(system: str, target: str, rec: Recorder) -> None:
 async def bare_engine(project: str) -> None:
     """``--bare-engine``: Engine + WebSocket listener + iii-queue (sqlite) in one process,
     without the ``iii`` command's manager around them."""
-    from pyiii.engine.core import Engine
     from pyiii.engine.inprocess import local_connector
-    from pyiii.engine.listener import Listener, ListenerConfig
     from pyiii.workers import queue
     from pyiii.workers.base import WorkerContext
 
-    engine = Engine()
-    engine.start()
-    listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
-    await listener.start()
-    url = f"ws://127.0.0.1:{listener.port}"
+    engine, listener, url = await engine_on_free_port()
     worker = await queue.start(WorkerContext("iii-queue", {}, Path(project), False, url=url,
                                              connector=local_connector(engine)))
     emit("READY", listener.port)

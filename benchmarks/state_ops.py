@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, spawn_logged, cpu_seconds, free_port, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -66,17 +66,11 @@ def value(i: int) -> dict[str, Any]:
 
 
 async def role_engine(adapter: str, data_dir: str) -> None:
-    from pyiii.engine.core import Engine
     from pyiii.engine.inprocess import local_connector
-    from pyiii.engine.listener import Listener, ListenerConfig
     from pyiii.workers import state
     from pyiii.workers.base import WorkerContext
 
-    engine = Engine()
-    engine.start()
-    listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
-    await listener.start()
-    url = f"ws://127.0.0.1:{listener.port}"
+    engine, listener, url = await engine_on_free_port()
     ctx = WorkerContext("iii-state", {"adapter": adapter}, Path(data_dir), False, url=url,
                         connector=local_connector(engine))
     await state.start(ctx)
