@@ -108,6 +108,7 @@ def test_log_rotation_tail_and_cursor(tmp_path):
         log = WorkerLog(path, max_bytes=100, keep=2)
         for i in range(40):
             log.write(f"line {i:02d}")  # 8 bytes a line: a rotation every 13 lines
+            assert path.is_file(), i  # never missing, not even right after a rotation
         log.event("stopping (SIGTERM)")
         assert sorted(p.name for p in path.parent.iterdir()) == ["w.log", "w.log.1", "w.log.2"]
         tail = log.tail(5)

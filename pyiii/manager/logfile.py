@@ -86,22 +86,38 @@ class WorkerLog:
         self.write(f"[iii] {iso_now()} {text}", echo=False)
 
     def _rotate(self) -> None:
+        """Shift ``name.1``..``name.keep`` and start an empty ``name``.
+
+        The live file is never missing, not even for a moment: the full file gets its second
+        name (``name.1``) by a hard link and a fresh file is renamed over ``name``, so a reader
+        listing or opening the logs mid-rotation always finds the current one."""
         assert self.path is not None
         if self._file is not None:
             self._file.close()
             self._file = None
-        for i in range(self.keep, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            newer = self.path if i == 1 else self.path.with_name(f"{self.path.name}.{i - 1}")
+        name = self.path.name
+        for i in range(self.keep, 1, -1):
+            older, newer = self.path.with_name(f"{name}.{i}"), self.path.with_name(f"{name}.{i - 1}")
             if i == self.keep:
                 older.unlink(missing_ok=True)
             if newer.exists():
                 os.replace(newer, older)
-        if self.keep == 0:
-            self.path.unlink(missing_ok=True)
+        fresh = self.path.with_name(f".{name}.new")
+        self._file = open(fresh, "wb")
+        if self.keep >= 1:
+            first = self.path.with_name(f"{name}.1")
+            first.unlink(missing_ok=True)
+            try:
+                os.link(self.path, first)
+            except FileNotFoundError:
+                pass
+            except OSError:  # a filesystem without hard links: a plain rename, with a short gap
+                os.replace(self.path, first)
+        os.replace(fresh, self.path)
+        self._size = 0
         stale = self.keep + 1  # a smaller `keep` than last time: drop the extra rotations
-        while self.path.with_name(f"{self.path.name}.{stale}").exists():
-            self.path.with_name(f"{self.path.name}.{stale}").unlink(missing_ok=True)
+        while self.path.with_name(f"{name}.{stale}").exists():
+            self.path.with_name(f"{name}.{stale}").unlink(missing_ok=True)
             stale += 1
 
     def close(self) -> None:
