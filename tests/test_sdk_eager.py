@@ -13,6 +13,7 @@ import pytest
 
 from pyiii.engine.inprocess import local_connector
 from pyiii.sdk import InitOptions, InvocationError, register_worker
+from pyiii.sdk.calls import SYNC_STREAK_MAX
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", default="unset")
 
@@ -204,9 +205,28 @@ async def test_trigger_nowait_and_sync_streaks(pair, engine):
             await asyncio.sleep(0)
 
     ticks = asyncio.ensure_future(ticker())
-    # a long run of calls that all finish during the send must still let others run
-    for i in range(64):
+    # a long run of calls that all finish during the send must still let others run: the
+    # caller yields once after every SYNC_STREAK_MAX of them
+    for i in range(3 * (SYNC_STREAK_MAX + 1)):
         assert await call(b, "e::echo", i) == i
-    assert ticks.done()  # every 8th call in a row yields to the loop
+    assert order == ["tick0", "tick1", "tick2"]  # exactly one yield per streak
+    for i in range(2 * (SYNC_STREAK_MAX + 1)):
+        assert await call(b, "e::echo", i) == i
     assert order == [f"tick{i}" for i in range(5)]
+
+    async def streak_of_other_task() -> int:
+        done = 0
+        while "y" not in order:
+            await call(b, "e::echo", done)
+            done += 1
+        return done
+
+    # a second caller task starts its own streak after the first one yields
+    order.append("x")
+    other = asyncio.ensure_future(streak_of_other_task())
+    for i in range(SYNC_STREAK_MAX + 1):
+        await call(b, "e::echo", i)  # the last one yields: `other` runs a whole streak
+    order.append("y")
+    assert await other == SYNC_STREAK_MAX + 1
+    assert ticks.done()
     assert await call(b, "e::plain", [1, 2]) == [1, 2]

@@ -48,6 +48,9 @@ class Connection:
     """Engine-side state of one connection. Transport subclasses implement the I/O."""
 
     transport = "abstract"
+    # True: the link's invocation ids are UUID-shaped by construction (pyiii.sdk's IdSequence
+    # on an in-process link), so the router reuses them as leg ids without checking their form
+    uuid_ids = False
 
     def __init__(self, ip_address: str | None = None) -> None:
         self.worker_id = protocol.new_id()

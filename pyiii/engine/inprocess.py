@@ -24,6 +24,7 @@ log = logging.getLogger("pyiii.engine.inprocess")
 
 class InProcessConnection(Connection):
     transport = "in-process"
+    uuid_ids = True
 
     def __init__(self, engine: "Engine") -> None:
         super().__init__(ip_address=None)

@@ -121,7 +121,8 @@ class Router:
         callee = entry.owner
         assert callee is not None
         leg_id = reply_id
-        if leg_id is None or leg_id in self.legs or not protocol.is_uuid(leg_id):
+        if leg_id is None or leg_id in self.legs or not (
+                (caller is not None and caller.uuid_ids) or protocol.is_uuid(leg_id)):
             leg_id = protocol.new_id()
         frame: dict[str, Any] = {
             "type": Frame.INVOKE_FUNCTION,

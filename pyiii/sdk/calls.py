@@ -19,7 +19,7 @@ from .types import TriggerRequest, action_to_wire
 __all__ = ["Calls", "SYNC_STREAK_MAX"]
 
 _BUILTIN_PREFIXES = ("engine::", "configuration::")
-SYNC_STREAK_MAX = 8  # calls answered synchronously in a row before a call yields to the loop
+SYNC_STREAK_MAX = 32  # calls answered synchronously in a row (≈ 0.3 ms in-process) before a yield
 
 
 class Calls(ConnectionCore):
@@ -67,11 +67,13 @@ class Calls(ConnectionCore):
             if future.done():
                 # answered during the send (an in-process handler that did not wait): no
                 # task switch is needed, but a caller looping over such calls must not starve
-                # the loop, so every SYNC_STREAK_MAX-th one in a turn of the loop yields
+                # the loop, so after SYNC_STREAK_MAX such calls in a row it yields once; the
+                # next caller to run starts a streak of its own
                 streak = self._sync_streak
                 if streak == 0:
                     self._loop.call_soon(self._end_streak)
                 if streak >= SYNC_STREAK_MAX:
+                    self._sync_streak = 0
                     await asyncio.sleep(0)
                 else:
                     self._sync_streak = streak + 1

@@ -84,10 +84,14 @@ def make_invoker(handler: Callable[..., Any]) -> Invoker:
     return invoke_sync
 
 
+_PLAIN_TYPES = (dict, list, str, int, float, bool)
+_PLAIN = frozenset(_PLAIN_TYPES)  # the exact classes: one set lookup for the usual case
+
+
 def to_json_value(value: Any) -> Any:
     """Handler results as JSON-ready values: models are dumped, the rest passes untouched
     (orjson and the in-process transport take dicts, lists and scalars as they are)."""
-    if value is None or isinstance(value, (dict, list, str, int, float, bool)):
+    if value is None or value.__class__ in _PLAIN or isinstance(value, _PLAIN_TYPES):
         return value
     dump = getattr(value, "model_dump", None)
     if dump is not None and not isinstance(value, type):
