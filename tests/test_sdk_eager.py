@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from typing import Any
 
 import pytest
 
 from pyiii.engine.inprocess import local_connector
 from pyiii.sdk import InitOptions, InvocationError, register_worker
+from pyiii.sdk import calls
 from pyiii.sdk.calls import SYNC_STREAK_MAX
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", default="unset")
@@ -182,7 +184,8 @@ async def test_deadlines_per_timeout_value_and_shutdown(pair, engine):
     assert stopped.value.code == "invocation_stopped"
 
 
-async def test_trigger_nowait_and_sync_streaks(pair, engine):
+async def test_trigger_nowait_and_sync_streaks(pair, engine, monkeypatch):
+    monkeypatch.setattr(calls, "TURN_BUDGET_S", 60.0)  # counts only: a slow machine must not matter
     a, b = pair
     order: list[str] = []
 
@@ -230,3 +233,32 @@ async def test_trigger_nowait_and_sync_streaks(pair, engine):
     assert await other == SYNC_STREAK_MAX + 1
     assert ticks.done()
     assert await call(b, "e::plain", [1, 2]) == [1, 2]
+
+
+async def test_sync_answers_yield_once_the_turn_budget_is_spent(pair, engine, monkeypatch):
+    monkeypatch.setattr(calls, "TURN_BUDGET_S", 0.002)
+    a, b = pair
+
+    async def busy(data: Any) -> Any:  # answers without waiting, after 1 ms of work
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass
+        return data
+
+    a.register_function("e::busy", busy)
+    await registered(engine, "e::busy")
+    await call(b, "e::busy", 0)
+    await asyncio.sleep(0)  # a fresh turn of the loop: its budget starts at the next answer
+    ran: list[int] = []
+    done = 0
+
+    async def other() -> None:
+        ran.append(done)
+
+    asyncio.ensure_future(other())
+    while not ran and done < 10:
+        await call(b, "e::busy", done)
+        done += 1
+    # the 2 ms budget starts at the first answer and is spent after the 3rd or 4th (sooner if
+    # the machine stalls), far below SYNC_STREAK_MAX: that answer yields, the other task runs
+    assert ran and 1 <= ran[0] <= 3, (ran, done)

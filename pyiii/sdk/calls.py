@@ -16,10 +16,11 @@ from .connection import ConnectionCore, _Pending
 from .invoke import to_json_value
 from .types import TriggerRequest, action_to_wire
 
-__all__ = ["Calls", "SYNC_STREAK_MAX"]
+__all__ = ["Calls", "SYNC_STREAK_MAX", "TURN_BUDGET_S"]
 
 _BUILTIN_PREFIXES = ("engine::", "configuration::")
 SYNC_STREAK_MAX = 32  # calls answered synchronously in a row (≈ 0.3 ms in-process) before a yield
+TURN_BUDGET_S = 0.002  # time one turn of the loop may spend on such calls before each yields
 
 
 class Calls(ConnectionCore):
@@ -66,13 +67,18 @@ class Calls(ConnectionCore):
                 await self._send(frame)
             if future.done():
                 # answered during the send (an in-process handler that did not wait): no
-                # task switch is needed, but a caller looping over such calls must not starve
-                # the loop, so after SYNC_STREAK_MAX such calls in a row it yields once; the
-                # next caller to run starts a streak of its own
+                # task switch is needed, but callers looping over such calls must not starve
+                # the loop. A caller yields once after SYNC_STREAK_MAX of them in a row (the
+                # next task then starts its own streak), and every one yields once the loop's
+                # turn has spent TURN_BUDGET_S on them: the turn stays short however many
+                # tasks call
+                loop = self._loop
+                deadline = self._turn_deadline
+                if deadline == 0.0:  # the first such answer in this turn of the loop
+                    self._turn_deadline = loop.time() + TURN_BUDGET_S
+                    loop.call_soon(self._end_turn)
                 streak = self._sync_streak
-                if streak == 0:
-                    self._loop.call_soon(self._end_streak)
-                if streak >= SYNC_STREAK_MAX:
+                if streak >= SYNC_STREAK_MAX or (deadline != 0.0 and loop.time() > deadline):
                     self._sync_streak = 0
                     await asyncio.sleep(0)
                 else:
@@ -135,8 +141,9 @@ class Calls(ConnectionCore):
         self._deadlines.discard(inv_id, timeout_ms)
         self._pending.pop(inv_id, None)
 
-    def _end_streak(self) -> None:
+    def _end_turn(self) -> None:
         self._sync_streak = 0
+        self._turn_deadline = 0.0
 
     def trigger_nowait(self, request: dict[str, Any] | TriggerRequest) -> "asyncio.Future[Any]":
         """Start a request/response call and return its future at once (pyiii addition, on

@@ -84,7 +84,8 @@ class ConnectionCore:
         self._queue: list[dict[str, Any]] = []
         self._pending: dict[str, _Pending] = {}
         self._deadlines = Deadlines(self._loop, self._expire)
-        self._sync_streak = 0  # calls answered synchronously in this turn of the loop
+        self._sync_streak = 0  # calls answered synchronously in a row (see Calls.trigger_async)
+        self._turn_deadline = 0.0  # when this turn of the loop stops taking such calls
         self._link: Transport | None = None
         self._replay_buf: list[tuple[dict[str, Any], bool]] | None = None
         self._state: IIIConnectionState = "disconnected"
