@@ -82,6 +82,14 @@ async def engine_on_free_port() -> tuple[object, object, str]:
     return engine, listener, f"ws://127.0.0.1:{listener.port}"
 
 
+def settle_like_iii() -> None:
+    """The garbage-collector settings ``iii`` applies once it has started
+    (pyiii.gc_tuning); roles that stand in for the engine process call this before READY."""
+    from pyiii.gc_tuning import tune_for_serving
+
+    tune_for_serving()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as f:

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, machine, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
@@ -126,6 +126,7 @@ async def role_engine(mode: str, routes: int) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {len(worker.routes)} routes bound")
             await asyncio.sleep(0.01)
+    settle_like_iii()
     emit("READY", worker.port, listener.port)
     await asyncio.Event().wait()
 
@@ -240,6 +241,7 @@ async def role_cpu(scenario: str) -> None:
         while len(worker.routes) < 1:
             await asyncio.sleep(0.01)
         factory = worker.listener.web
+        settle_like_iii()
     emit("CPU", f"{await cpu_per_request(factory):.2f}")
     os._exit(0)  # nothing to clean up that matters, and no teardown noise
 

@@ -47,7 +47,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, spawn_logged, cpu_seconds, free_port, rss_kib, wait_port, machine
+from benchlib import Child, spawn_logged, cpu_seconds, free_port, rss_kib, wait_port, machine, settle_like_iii
 
 import orjson
 
@@ -135,6 +135,7 @@ ENGINE_CODE = """
 import asyncio, resource, sys
 from pyiii.engine.core import Engine
 from pyiii.engine.listener import Listener, ListenerConfig
+from pyiii.gc_tuning import tune_for_serving
 
 async def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -143,6 +144,7 @@ async def main():
     engine.start()
     listener = Listener(engine, ListenerConfig(host="127.0.0.1", port=0))
     await listener.start()
+    tune_for_serving()  # as `iii` does once started
     print("READY", listener.port, flush=True)
     await asyncio.Event().wait()
 
@@ -218,6 +220,7 @@ async def role_inproc(warmup: float, seconds: float, concs: list[int]) -> None:
     await _wait_for_echo(caller)
     request = {"function_id": ECHO_FN, "payload": PAYLOAD}
     trigger = caller.trigger_async
+    settle_like_iii()  # this process is the engine's, workers included
 
     def call() -> Awaitable[Any]:
         return trigger(request)

@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("pyiii", "pyiii-redis", "celery", "dramatiq", "arq")
@@ -199,6 +199,7 @@ async def bare_engine(project: str) -> None:
     engine, listener, url = await engine_on_free_port()
     worker = await queue.start(WorkerContext("iii-queue", {}, Path(project), False, url=url,
                                              connector=local_connector(engine)))
+    settle_like_iii()
     emit("READY", listener.port)
     batch = getattr(worker.store, "batch", None)
     while True:

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -74,6 +74,7 @@ async def role_engine(adapter: str, data_dir: str) -> None:
     ctx = WorkerContext("iii-state", {"adapter": adapter}, Path(data_dir), False, url=url,
                         connector=local_connector(engine))
     await state.start(ctx)
+    settle_like_iii()
     emit("READY", listener.port)
     await asyncio.Event().wait()
 

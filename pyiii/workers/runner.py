@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..gc_tuning import tune_for_serving
 from .base import WorkerContext
 
 
@@ -35,6 +36,7 @@ def run_standalone(name: str, module_name: str) -> None:
             worker = await module.start(ctx)
         except ValueError as exc:
             sys.exit(f"{name}: invalid config: {exc}")
+        tune_for_serving()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
