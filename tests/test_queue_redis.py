@@ -4,6 +4,10 @@ E1 and E2 point iii-queue at the same private Redis (``visibility_timeout_ms: 20
 a worker registering `job::run`. A job blocks in E1's worker; E1 is SIGKILLed; within 5 s the job
 runs on E2's worker and is acknowledged: no entry stays pending in the consumer group `iii`, the
 job hash is empty and the DLQ is empty.
+
+Further tests: Redis outages and flushed scripts, topic destinations shared by two engines, and
+the blocking reads of §4.5 (jobs of other engines start at once despite a long
+``poll_interval_ms``, idle cost, prompt stop, due retries, FIFO order and concurrency).
 """
 
 from __future__ import annotations
@@ -228,3 +232,178 @@ async def test_two_engines_share_topic_destinations(engine, tmp_path, redis_serv
         await q2.stop()
         await e2.listener.close()
         await e2.engine.stop()
+
+
+# -- blocking reads: the consumer waits on Redis, not on its poll timer (§4.5) -----------------
+
+LONG_POLL = {"poll_interval_ms": 5000}
+
+
+def blocked_reads(r: redis.Redis) -> int:
+    """Connections of the private server blocked in XREADGROUP right now (a consumer is not
+    while it runs its periodic CLAIM)."""
+    return sum(1 for c in r.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"])
+
+
+def script_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_job_from_another_store_starts_at_once_despite_long_poll(engine, tmp_path,
+                                                                      redis_server,
+                                                                      redis_prefix):
+    """With ``poll_interval_ms: 5000``, a job pushed by another store on the same prefix (what
+    another engine does) starts on this engine's blocked consumer within 200 ms, each time."""
+    from pyiii.storage.redis_link import RedisConfig
+    from pyiii.workers.queue.config import FN_QUEUE_PREFIX
+    from pyiii.workers.queue.redis_store import RedisQueueStore
+    from pyiii.workers.queue.storage import Job
+    from tests.test_worker_queue import start_queue, until
+
+    adapter = {"name": "redis", "config": {"redis_url": redis_server.url,
+                                           "key_prefix": redis_prefix}}
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter,
+                                                  "queue_configs": {"default": LONG_POLL}})
+    iii = register_worker(engine.url, InitOptions(worker_name="blocked-consumer"))
+    other = RedisQueueStore(RedisConfig(redis_server.url, redis_prefix))
+    r = redis.Redis.from_url(redis_server.url)
+    starts: dict[int, float] = {}
+    try:
+        await iii.wait_connected(5)
+        iii.register_function("job::run", lambda data: starts.setdefault(data["n"],
+                                                                         time.monotonic()))
+        await until(lambda: blocked_reads(r) == 1)
+        latencies = []
+        for n in range(5):
+            await asyncio.sleep(0.13)  # a different phase against the stale scans each time
+            pushed = time.monotonic()
+            assert await other.push(Job(id=f"job-{n}", queue=FN_QUEUE_PREFIX + "default",
+                                        topic="default", function_id="job::run",
+                                        data={"n": n}))
+            await until(lambda: n in starts, 2.0)
+            latencies.append(starts[n] - pushed)
+        print(f"\n[blocking read] start latencies ms: {[round(x * 1000, 1) for x in latencies]}")
+        assert max(latencies) < 0.2, latencies
+        await until(lambda: r.hlen(redis_prefix + QUEUE_BASE + "jobs") == 0)
+    finally:
+        await iii.shutdown_async()
+        await worker.stop()
+        await other.close()
+
+
+async def test_idle_blocked_consumer_is_cheap_and_stops_at_once(engine, tmp_path, redis_server,
+                                                                redis_prefix):
+    """An idle consumer with ``poll_interval_ms: 5000`` sits in a blocking XREADGROUP; over one
+    second it runs only the periodic stale-scan CLAIM (every 0.25 s) besides that read; stopping
+    the worker ends the read at once instead of waiting out the block."""
+    from tests.test_worker_queue import start_queue, until
+
+    adapter = {"name": "redis", "config": {"redis_url": redis_server.url,
+                                           "key_prefix": redis_prefix}}
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter,
+                                                  "queue_configs": {"default": LONG_POLL}})
+    r = redis.Redis.from_url(redis_server.url)
+    stopped = False
+    try:
+        await until(lambda: blocked_reads(r) == 1)
+        before = script_calls(r)
+        await asyncio.sleep(1.0)
+        calls = script_calls(r) - before
+        assert 2 <= calls <= 6, calls  # the stale scans, nothing spinning
+        await until(lambda: blocked_reads(r) == 1)  # not in the middle of a scan
+        t0 = time.monotonic()
+        await worker.stop()
+        stopped = True
+        took = time.monotonic() - t0
+        print(f"\n[blocking read] worker stopped in {took * 1000:.1f} ms")
+        assert took < 1.0
+        assert blocked_reads(r) == 0
+    finally:
+        if not stopped:
+            await worker.stop()
+
+
+async def test_retry_runs_at_its_due_time_while_blocked(engine, tmp_path, redis_server,
+                                                        redis_prefix):
+    """A retry (backoff 300 ms, doubling) starts at its due time although the consumer is
+    blocked in XREADGROUP with ``poll_interval_ms: 5000``: the due time cuts the read short."""
+    from tests.test_worker_queue import enqueue, start_queue, until
+
+    adapter = {"name": "redis", "config": {"redis_url": redis_server.url,
+                                           "key_prefix": redis_prefix}}
+    worker = await start_queue(engine, tmp_path, {
+        "adapter": adapter,
+        "queue_configs": {"default": {**LONG_POLL, "backoff_ms": 300, "max_retries": 3}}})
+    iii = register_worker(engine.url, InitOptions(worker_name="retrying"))
+    calls: list[float] = []
+
+    def flaky(data: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+        return data
+
+    try:
+        await iii.wait_connected(5)
+        iii.register_function("job::flaky", flaky)
+        await enqueue(iii, "job::flaky", {"n": 1})
+        await until(lambda: len(calls) == 3, 5.0)
+        gaps = [(b - a) * 1000 for a, b in zip(calls, calls[1:])]
+        print(f"\n[blocking read] retry gaps ms: {[round(g, 1) for g in gaps]}")
+        assert 295 <= gaps[0] <= 375 and 595 <= gaps[1] <= 675, gaps
+        await until(lambda: redis.Redis.from_url(redis_server.url).hlen(
+            redis_prefix + QUEUE_BASE + "jobs") == 0)
+    finally:
+        await iii.shutdown_async()
+        await worker.stop()
+
+
+async def test_fifo_jobs_of_another_store_keep_order_and_concurrency(engine, tmp_path,
+                                                                     redis_server, redis_prefix):
+    """Jobs of three FIFO groups pushed by another store while this engine's consumer blocks
+    (``concurrency: 2``): each group runs one job at a time in push order, never more than two
+    jobs run at once, and all of them run."""
+    from pyiii.storage.redis_link import RedisConfig
+    from pyiii.workers.queue.config import FN_QUEUE_PREFIX
+    from pyiii.workers.queue.redis_store import RedisQueueStore
+    from pyiii.workers.queue.storage import Job
+    from tests.test_worker_queue import start_queue, until
+
+    adapter = {"name": "redis", "config": {"redis_url": redis_server.url,
+                                           "key_prefix": redis_prefix}}
+    worker = await start_queue(engine, tmp_path, {"adapter": adapter, "queue_configs": {
+        "lanes": {**LONG_POLL, "type": "fifo", "message_group_field": "g", "concurrency": 2}}})
+    iii = register_worker(engine.url, InitOptions(worker_name="fifo-lanes"))
+    other = RedisQueueStore(RedisConfig(redis_server.url, redis_prefix))
+    r = redis.Redis.from_url(redis_server.url)
+    running: list[str] = []
+    peak = {"all": 0}
+    order: dict[str, list[int]] = {}
+
+    async def lane(data: Any) -> Any:
+        group = data["g"]
+        assert group not in running  # one job per group at a time
+        running.append(group)
+        peak["all"] = max(peak["all"], len(running))
+        order.setdefault(group, []).append(data["n"])
+        await asyncio.sleep(0.05)
+        running.remove(group)
+        return None
+
+    try:
+        await iii.wait_connected(5)
+        iii.register_function("job::lane", lane)
+        await until(lambda: blocked_reads(r) == 2)  # the consumers of `lanes` and `default`
+        for n in range(4):
+            for group in ("a", "b", "c"):
+                assert await other.push(Job(
+                    id=f"{group}-{n}", queue=FN_QUEUE_PREFIX + "lanes", topic="lanes",
+                    function_id="job::lane", data={"g": group, "n": n}, group=group))
+        await until(lambda: sum(len(v) for v in order.values()) == 12, 5.0)
+        assert order == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]}
+        assert peak["all"] == 2
+        await until(lambda: r.hlen(redis_prefix + "queue:__fn_queue::lanes:jobs") == 0)
+    finally:
+        await iii.shutdown_async()
+        await worker.stop()
+        await other.close()

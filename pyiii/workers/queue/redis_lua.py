@@ -79,6 +79,22 @@ local function fail(entry, id, g, rec, err, now, backoff)
   if g then redis.call('ZADD', delayed, due, 'g:' .. g) else redis.call('ZADD', delayed, due, id) end
   return 'retry'
 end
+-- lease a freshly delivered entry: append entry, record, attempts to `out`, or drop an entry
+-- whose job is gone (a FIFO token whose head job vanished lets its group move on)
+local function take(out, entry, fields)
+  local id, g, rec = resolve(fields)
+  if rec then
+    table.insert(out, entry)
+    table.insert(out, rec)
+    table.insert(out, tonumber(redis.call('HGET', attempts, id) or '0'))
+  else
+    drop(entry)
+    if g then
+      if id then redis.call('LPOP', gkey(g)) end
+      group_moves_on(g)
+    end
+  end
+end
 """
 
 # ARGV: base, id, record, fifo, group, topic, queue, from_dlq -> 1 stored, 0 already there
@@ -120,23 +136,19 @@ local out = {''}
 local got = redis.call('XREADGROUP', 'GROUP', 'iii', consumer, 'COUNT', ARGV[3],
                        'STREAMS', stream, '>')
 if got then
-  for _, e in ipairs(got[1][2]) do
-    local id, g, rec = resolve(e[2])
-    if rec then
-      table.insert(out, e[1])
-      table.insert(out, rec)
-      table.insert(out, tonumber(redis.call('HGET', attempts, id) or '0'))
-    else
-      drop(e[1])
-      if g then
-        if id then redis.call('LPOP', gkey(g)) end
-        group_moves_on(g)
-      end
-    end
-  end
+  for _, e in ipairs(got[1][2]) do take(out, e[1], e[2]) end
 end
 local nd = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 if nd[2] then out[1] = nd[2] end
+return out
+"""
+
+# Entries a blocking XREADGROUP (outside any script: scripts cannot block) already delivered
+# to this consumer, leased exactly as CLAIM leases what it reads.
+# ARGV: base, consumer, (entry, field, value)... -> {'', entry, record, attempts, ...}
+ADOPT = _COMMON + """
+local out = {''}
+for i = 3, #ARGV, 3 do take(out, ARGV[i], {ARGV[i + 1], ARGV[i + 2]}) end
 return out
 """
 

@@ -12,16 +12,34 @@ renewal resets its idle time (``XCLAIM … JUSTID``), and entries idle longer th
 visibility timeout — their engine died — are taken with ``XAUTOCLAIM`` and counted as a failed
 attempt. The multi-key steps are the Lua scripts of ``redis_lua``, and the script calls of
 one event-loop turn share one pipeline (``redis_batch``). A job's lease token is
-``<consumer>|<stream entry id>``. Consumers read without blocking and poll every
-``poll_interval_ms`` for entries other engines added.
+``<consumer>|<stream entry id>``.
+
+Waiting is done by Redis, not by polling. A consumer with free slots and nothing ready blocks in
+``XREADGROUP GROUP iii <consumer> COUNT <free> BLOCK <ms> STREAMS <stream> >`` on a connection
+of its own (``StreamWaiter``), so an entry any engine adds reaches it within a round trip; what
+the read delivered is then leased by the ``ADOPT`` script, which applies CLAIM's logic (job
+record, FIFO token, attempts) to entries already pending for that consumer. Lua cannot block,
+hence the read outside the scripts; a separate connection, because a blocked command would hold
+up the shared pipeline. The block lasts at most ``poll_interval_ms`` and never past the next
+stale-entry scan (every ``STALE_SCAN_S``) or the next delayed job's due time, both of which are
+CLAIM's work; so an idle consumer costs one blocking read plus one CLAIM per scan period. A read
+is ended early (stop, or a due time: Redis checks the timeouts of idle blocked clients only
+every 100 ms at its default ``hz``) with ``CLIENT UNBLOCK <id>`` in timeout mode: the read
+returns nothing, so no delivered entry is lost in flight. That is why each consumer owns its
+connection (one per queue and engine) and knows its client id, read once per connection, not
+per read. Only a read cut off by a dropped connection (a crash, a dead server) can leave entries
+delivered to nobody; like a dead engine's, they come back through ``XAUTOCLAIM``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ...storage.redis_link import RedisConfig, RedisLink, guarded
 from . import redis_lua
@@ -47,10 +65,12 @@ class RedisQueueStore:
         self.link = RedisLink(config)
         self.pipe = ScriptPipeline(self.link.client, {
             name: getattr(redis_lua, name)
-            for name in ("PUSH", "CLAIM", "ACK", "FAIL", "RELEASE", "RENEW", "COUNTS", "DRAIN")})
+            for name in ("PUSH", "CLAIM", "ADOPT", "ACK", "FAIL", "RELEASE", "RENEW", "COUNTS",
+                         "DRAIN")})
         self.registry = self.link.key("queue:queues")
         self.topic_index = self.link.key("queue:topics")
         self.stale_scan: dict[str, float] = {}
+        self.waiters: set[StreamWaiter] = set()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -91,14 +111,25 @@ class RedisQueueStore:
             self.stale_scan[queue] = now + min(STALE_SCAN_S, lease_ms / 10_000)
             scan = "1"
         out = await self._run("CLAIM", queue, token, limit, _now_ms(now), scan, lease_ms)
+        due = _s(out[0])
+        return Claim(self._leased(out, token), float(due) / 1000 if due else None)
+
+    @staticmethod
+    def _leased(out: list[Any], token: str) -> list[Job]:
+        """The jobs of a CLAIM or ADOPT answer (``out[0]`` is CLAIM's next due time)."""
         jobs = []
         for i in range(1, len(out), 3):
             job = Job.from_record(orjson.loads(out[i + 1]))
             job.attempts_made = int(out[i + 2])
             job.lease_token = f"{token}|{_s(out[i])}"
             jobs.append(job)
-        due = _s(out[0])
-        return Claim(jobs, float(due) / 1000 if due else None)
+        return jobs
+
+    def waiter(self, queue: str, token: str) -> "StreamWaiter":
+        """The blocking reader of one consumer (closed by the consumer, or with the store)."""
+        waiter = StreamWaiter(self, queue, token)
+        self.waiters.add(waiter)
+        return waiter
 
     async def renew(self, queue: str, tokens: list[str], lease_ms: int) -> None:
         by_consumer: dict[str, list[str]] = {}
@@ -227,5 +258,84 @@ class RedisQueueStore:
         return out
 
     async def close(self) -> None:
+        for waiter in list(self.waiters):
+            await waiter.close()
         await self.pipe.close()
         await self.link.close()
+
+
+class StreamWaiter:
+    """One consumer's ``XREADGROUP … BLOCK`` on its own connection (see the module docstring).
+
+    Used by one consumer task at a time: ``wait`` is never called while a previous one runs.
+    """
+
+    def __init__(self, store: RedisQueueStore, queue: str, token: str) -> None:
+        self.store = store
+        self.queue = queue
+        self.token = token
+        self.stream = store._keys(queue)[0]
+        pool = store.link.client.connection_pool
+        self.conn = pool.connection_class(**pool.connection_kwargs)
+        self.client_id: int | None = None  # of the live connection; None until connected
+        self.blocked = False
+        # a read whose reply is this late means the connection is dead, not idle
+        self.margin_s = max(1.0, store.link.config.connect_timeout_ms / 1000)
+
+    async def wait(self, limit: int, timeout_s: float) -> list[Job]:
+        """Block up to ``timeout_s`` (never past the queue's next stale scan) for entries, and
+        lease at most ``limit`` of them; [] when nothing came or the read was interrupted."""
+        remaining = min(timeout_s, self.store.stale_scan.get(self.queue, 0.0) - time.time())
+        if remaining <= 0 or limit < 1:
+            return []  # the scan (or the due job) is CLAIM's work: let the consumer claim
+        block_ms = max(1, math.ceil(remaining * 1000))
+        try:
+            reply = await guarded(self._read(limit, block_ms))
+        except ResponseError as exc:
+            # NOGROUP / UNBLOCKED: the stream was deleted (a drained destination); the next
+            # CLAIM recreates the group
+            if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                return []
+            raise
+        if isinstance(reply, dict):  # RESP3 (``?protocol=3`` in the URL): {stream: entries}
+            reply = list(reply.items())
+        args: list[Any] = []
+        for entry, fields in (reply[0][1] if reply else []):
+            if fields:
+                args += [entry, fields[0], fields[1]]
+        if not args:
+            return []
+        out = await self.store._run("ADOPT", self.queue, self.token, *args)
+        return self.store._leased(out, self.token)
+
+    async def _read(self, limit: int, block_ms: int) -> Any:
+        conn = self.conn
+        if not conn.is_connected:
+            self.client_id = None
+            await conn.connect()
+            await conn.send_command("CLIENT", "ID")
+            self.client_id = int(await conn.read_response())
+        await conn.send_command("XREADGROUP", "GROUP", redis_lua.GROUP, self.token,
+                                "COUNT", limit, "BLOCK", block_ms, "STREAMS", self.stream, ">")
+        self.blocked = True
+        try:
+            # cancelling the read (a timeout here) makes redis-py drop the connection, so no
+            # late reply can be mistaken for the next command's
+            async with asyncio.timeout(block_ms / 1000 + self.margin_s):
+                return await conn.read_response()
+        finally:
+            self.blocked = False
+
+    async def interrupt(self) -> bool:
+        """End a read under way as if it timed out; False when none was blocked at the server
+        (not sent yet, or already answered)."""
+        if not self.blocked or self.client_id is None:
+            return False
+        return bool(await guarded(self.store.link.client.client_unblock(self.client_id)))
+
+    async def close(self) -> None:
+        self.store.waiters.discard(self)
+        try:
+            await self.conn.disconnect()
+        except Exception:  # closing a dead connection: nothing left to release
+            pass

@@ -92,7 +92,7 @@ def backoff_delay_ms(backoff_ms: int, attempts_made: int) -> int:
 
 
 class QueueStore(Protocol):
-    shared: bool  # other processes may write: consumers also poll
+    shared: bool  # other processes may write: consumers also wait for their jobs (poll or block)
 
     async def push(self, job: Job) -> bool:
         """Store a waiting job (idempotent on ``job.id``); False if the id already exists."""
