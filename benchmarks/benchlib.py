@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import time
+from typing import Any
 from pathlib import Path
 
 
@@ -82,10 +83,17 @@ async def engine_on_free_port() -> tuple[object, object, str]:
     return engine, listener, f"ws://127.0.0.1:{listener.port}"
 
 
+def run_like_iii(main: Any) -> Any:
+    """Run ``main`` on the event loop ``iii`` runs on (pyiii.runtime: uvloop when installed)."""
+    from pyiii.runtime import run
+
+    return run(main)
+
+
 def settle_like_iii() -> None:
     """The garbage-collector settings ``iii`` applies once it has started
-    (pyiii.gc_tuning); roles that stand in for the engine process call this before READY."""
-    from pyiii.gc_tuning import tune_for_serving
+    (pyiii.runtime); roles that stand in for the engine process call this before READY."""
+    from pyiii.runtime import tune_for_serving
 
     tune_for_serving()
 

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, machine, settle_like_iii
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, machine, run_like_iii, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
@@ -583,13 +583,21 @@ def main() -> None:
     if args.role:
         a = args.role_args
         if args.role == "plain":
-            asyncio.run(role_plain())
+            if a and a[0] == "uvloop":
+                import uvloop
+
+                uvloop.run(role_plain())
+            else:
+                asyncio.run(role_plain())
         elif args.role == "engine":
-            asyncio.run(role_engine(a[0], int(a[1])))
+            run_like_iii(role_engine(a[0], int(a[1])))
         elif args.role == "handler":
             asyncio.run(role_handler(a[0], int(a[1])))
         elif args.role == "cpu":
-            asyncio.run(role_cpu(a[0]))
+            if a[0] == "plain":
+                asyncio.run(role_cpu(a[0]))
+            else:
+                run_like_iii(role_cpu(a[0]))
         else:
             raise SystemExit(f"unknown role {args.role}")
         return

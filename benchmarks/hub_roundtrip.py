@@ -135,7 +135,7 @@ ENGINE_CODE = """
 import asyncio, resource, sys
 from pyiii.engine.core import Engine
 from pyiii.engine.listener import Listener, ListenerConfig
-from pyiii.gc_tuning import tune_for_serving
+from pyiii.runtime import run, tune_for_serving
 
 async def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -148,7 +148,7 @@ async def main():
     print("READY", listener.port, flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main())
+run(main())  # the loop `iii` runs on
 """
 
 

@@ -57,6 +57,20 @@ def test_scenario_1_starter_config_and_clean_shutdown(iii_procs):
     assert not (project / "iii.lock").exists()
 
 
+@pytest.mark.parametrize("choice, loop", [(None, "uvloop"), ("asyncio", "asyncio")])
+def test_engine_event_loop(iii_procs, choice, loop):
+    """`iii` serves on uvloop (installed with pyiii) unless PYIII_LOOP=asyncio asks otherwise."""
+    project = iii_procs.project(f"loop-{loop}", manager_config(0))
+    engine = iii_procs.engine(project, env={"PYIII_LOOP": choice})
+    url = engine.wait_ready()
+    engine.wait_line(rf"ready \(\d+ workers, event loop: {loop}\)")
+    res = iii_procs.run("trigger", "engine::functions::list", "--engine", url, cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "worker::exec" in {f["function_id"] for f in json.loads(res.stdout)["functions"]}
+    engine.signal(signal.SIGTERM)
+    assert engine.wait(12) == 0, engine.stderr
+
+
 def test_scenario_2_use_default_config(iii_procs):
     folder = iii_procs.project("empty")
     zero = {"III_ENGINE_PORT": "0", "III_HTTP_PORT": "0", "III_STREAM_PORT": "0"}

@@ -9,7 +9,6 @@ Loading, locking and running belong to `pyiii.manager.server.serve`, imported la
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from dataclasses import dataclass
@@ -117,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     from pyiii.manager import server  # lazy: the engine is only needed to serve
 
     try:
-        code = asyncio.run(server.serve(options))
+        from pyiii.runtime import run as run_loop
+
+        code = run_loop(server.serve(options))
     except ConfigError as exc:  # the engine reports these itself; this is the safety net
         output.error(str(exc))
         return EXIT_FAILED

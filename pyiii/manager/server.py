@@ -22,7 +22,7 @@ from ..engine.config import ConfigError, ProjectConfig, WorkerEntry, default_con
 from ..engine.core import Engine, EngineSettings
 from ..engine.listener import Listener, ListenerConfig, apply_listener_configs
 from ..engine.logs import setup_logging
-from ..gc_tuning import tune_for_serving
+from ..runtime import running_loop_name, tune_for_serving
 from ..engine.reload import ConfigWatcher
 from .child import StartError
 from .project import EngineLock, ProjectBusy
@@ -172,7 +172,8 @@ class Server:
             self.watcher.start()
         await self.workers.apply(project, self.loaded_lock)
         tune_for_serving()  # after start-up: what is alive now stays alive
-        log.info("ready (%d workers)", self.workers.running_count())
+        log.info("ready (%d workers, event loop: %s)", self.workers.running_count(),
+                 running_loop_name())
         await self.stop_requested.wait()
         return await self._shutdown()
 

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..gc_tuning import tune_for_serving
+from ..runtime import run, tune_for_serving
 from .base import WorkerContext
 
 
@@ -44,4 +44,4 @@ def run_standalone(name: str, module_name: str) -> None:
         await stop.wait()
         await worker.stop()
 
-    asyncio.run(main())
+    run(main())

@@ -1,4 +1,4 @@
-"""pyiii.gc_tuning: the collector settings `iii` and first-party worker processes apply once
+"""pyiii.runtime: the event loop and collector settings `iii` and first-party worker processes apply once
 started. Each case runs in a fresh interpreter: the settings are process-wide."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PROBE = """
 import gc, json
-from pyiii.gc_tuning import tune_for_serving
+from pyiii.runtime import tune_for_serving
 before = gc.get_threshold()
 applied = tune_for_serving()
 print(json.dumps({"before": before, "after": gc.get_threshold(), "applied": applied,
