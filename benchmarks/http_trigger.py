@@ -12,7 +12,10 @@ Needs ``wrk`` (Debian package ``wrk``) and, for ``--profile``, ``py-spy`` in the
 Scenarios (every repetition starts fresh processes; repetitions are interleaved):
 
 - ``plain``        a plain aiohttp app (one process) answering ``GET /bench/hello`` with
-                   ``{"hello":"world"}`` (orjson, application/json): the baseline.
+                   ``{"hello":"world"}`` (orjson, application/json), on the standard
+                   asyncio loop (aiohttp's default): the baseline.
+- ``plain-uvloop`` the same app on uvloop, the loop the engine processes below run on
+                   (pyiii.runtime, as `iii` does); shown for information.
 - ``inproc``       ONE process: pyiii engine (Engine + WebSocket Listener), iii-http started
                    in-process (local connector) and the handler registered by a pyiii.sdk
                    client with the local connector; the handler is ``async def`` returning
@@ -54,7 +57,7 @@ from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, mach
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32, 128)
-SCENARIOS = ("plain", "inproc", "inproc-1000", "worker")
+SCENARIOS = ("plain", "plain-uvloop", "inproc", "inproc-1000", "worker")
 PATH = "/bench/hello"
 HELLO = {"status_code": 200, "body": {"hello": "world"}}
 
@@ -330,8 +333,9 @@ class Runner:
 
     async def start(self, scenario: str) -> tuple[int, list[int]]:
         """Start the scenario's processes; the HTTP port and the server pids."""
-        if scenario == "plain":
-            server = await self.spawn("plain", "plain")
+        if scenario.startswith("plain"):
+            loop = ["uvloop"] if scenario == "plain-uvloop" else []
+            server = await self.spawn(scenario, "plain", *loop)
             port = int((await server.expect("READY")).split()[0])
             return port, [server.pid]
         routes = 1000 if scenario.endswith("-1000") else 1
@@ -467,7 +471,8 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-LABELS = {"plain": "plain aiohttp app", "inproc": "pyiii, handler in-process (1 route)",
+LABELS = {"plain": "plain aiohttp app", "plain-uvloop": "plain aiohttp app on uvloop",
+          "inproc": "pyiii, handler in-process (1 route)",
           "inproc-1000": "pyiii, handler in-process (1,000 routes)",
           "worker": "pyiii, handler in a worker process (1 route)"}
 
@@ -490,6 +495,9 @@ def report(s: dict[str, Any]) -> str:
             target = "≥ 0.5×" if scenario == "inproc" else "(info)"
             met = ("yes" if ratio >= 0.5 else "**no**") if scenario == "inproc" else "–"
             lines.append(f"| {scenario} / plain req/s, {conns} conns | {ratio:.2f}× | {target} | {met} |")
+        # pyiii serves on uvloop: the same app on uvloop shows what is left besides the loop
+        ratio = s["inproc"][conns]["rps"] / s["plain-uvloop"][conns]["rps"]
+        lines.append(f"| inproc / plain-on-uvloop req/s, {conns} conns | {ratio:.2f}× | (info) | – |")
     for scenario in ("inproc", "worker"):
         p99 = s[scenario]["32"]["p99_ms"]
         lines.append(f"| {scenario} p99 at 32 conns | {p99:.2f} ms | < 10 ms | "

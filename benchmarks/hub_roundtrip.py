@@ -47,7 +47,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, spawn_logged, cpu_seconds, free_port, rss_kib, wait_port, machine, settle_like_iii
+from benchlib import Child, spawn_logged, cpu_seconds, free_port, rss_kib, wait_port, machine, run_like_iii, settle_like_iii
 
 import orjson
 
@@ -689,7 +689,10 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.role:
-        asyncio.run(run_role(args.role, args.role_args))
+        if args.role == "inproc":  # this process stands in for `iii` itself
+            run_like_iii(run_role(args.role, args.role_args))
+        else:
+            asyncio.run(run_role(args.role, args.role_args))
         return
     if args.warmup is None:
         args.warmup = 0.3 if args.quick else 1.0

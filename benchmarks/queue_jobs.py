@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, settle_like_iii
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, run_like_iii, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("pyiii", "pyiii-redis", "celery", "dramatiq", "arq")
@@ -622,7 +622,7 @@ def main() -> None:
         if args.role == "consumer":
             consumer(a[0], a[1], Recorder(Path(a[2]), {"f": int(a[3]), "l": int(a[4])}))
         elif args.role == "engine":
-            asyncio.run(bare_engine(a[0]))
+            run_like_iii(bare_engine(a[0]))
         elif args.role == "producer":
             asyncio.run(producer(a[0], a[1], int(a[2]), int(a[3])))
         else:

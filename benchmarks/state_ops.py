@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -42,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, settle_like_iii
+from benchlib import Child, engine_on_free_port, spawn_logged, cpu_seconds, free_port, machine, run_like_iii, settle_like_iii
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 32)
@@ -349,7 +348,7 @@ def main() -> None:
     if args.role:
         a = args.role_args
         if args.role == "engine":
-            asyncio.run(role_engine(a[0], a[1]))
+            run_like_iii(role_engine(a[0], a[1]))
         elif args.role == "client":
             asyncio.run(role_client(a[0], a[1], float(a[2]), float(a[3])))
         else:
