@@ -20,45 +20,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from pyiii.engine.config_texts import DEFAULT_CONFIG_TEXT as _DEFAULT_CONFIG
+from pyiii.engine.config_texts import STARTER_CONFIG
 from pyiii.engine.firstparty import ALWAYS_ON, FIRST_PARTY, MULTI_ENTRY, canonical_name
-
-STARTER_CONFIG = """\
-# iii project configuration: the workers this engine runs.
-# Add workers with `iii worker add <name>`; a running engine reloads this file on save.
-# Values may read environment variables: ${VAR} or ${VAR:default}.
-workers:
-  - name: iii-http
-  - name: iii-stream
-  - name: iii-state
-  - name: iii-pubsub
-  - name: iii-cron
-  - name: iii-queue
-"""
-
-# --use-default-config is this document expanded in memory: going through the normal loader
-# keeps its ${VAR} semantics identical to a file's (cli.md §1.2).
-_DEFAULT_CONFIG = """\
-workers:
-  - name: iii-worker-manager
-    config:
-      port: ${III_ENGINE_PORT:49134}
-  - name: iii-http
-    config:
-      port: ${III_HTTP_PORT:3111}
-  - name: iii-stream
-    config:
-      port: ${III_STREAM_PORT:3112}
-      adapter: memory
-  - name: iii-state
-    config: {adapter: memory}
-  - name: iii-pubsub
-    config: {adapter: memory}
-  - name: iii-cron
-    config: {adapter: memory}
-  - name: iii-queue
-    config: {adapter: memory}
-"""
-
 from pyiii.engine.config_expand import _REF, UnsetVariable, core_scalar, expand_scalar, expand_text
 from pyiii.engine.config_model import (
     ENTRY_KEYS, ISOLATIONS, NAME_RE, NAME_RULE, RESTART_POLICIES, TOP_LEVEL_KEYS,
