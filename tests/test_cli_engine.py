@@ -63,7 +63,7 @@ def test_engine_event_loop(iii_procs, choice, loop):
     project = iii_procs.project(f"loop-{loop}", manager_config(0))
     engine = iii_procs.engine(project, env={"PYIII_LOOP": choice})
     url = engine.wait_ready()
-    engine.wait_line(rf"ready \(\d+ workers, event loop: {loop}\)")
+    engine.wait_line(rf"engine: event loop: {loop}$")
     res = iii_procs.run("trigger", "engine::functions::list", "--engine", url, cwd=project)
     assert res.returncode == 0, res.stderr
     assert "worker::exec" in {f["function_id"] for f in json.loads(res.stdout)["functions"]}

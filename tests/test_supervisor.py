@@ -185,7 +185,7 @@ def test_stop_start_restart_and_reload_keeps_stopped(iii_procs):
 
 def test_disabled_worker_is_declared_not_started(iii_procs):
     eng = ManagedEngine(iii_procs, svc_entry("svc", **PROCESS, enabled="false"))
-    eng.proc.wait_line(r"ready \(0 workers[,)]", 5)
+    eng.proc.wait_line(r"ready \(0 workers\)", 5)
     doc = eng.status("svc")
     assert doc["state"] == "disabled" and doc["declared"] is True and doc["pid"] is None
     eng.call("worker::start", {"name": "svc"})

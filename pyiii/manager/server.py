@@ -172,8 +172,8 @@ class Server:
             self.watcher.start()
         await self.workers.apply(project, self.loaded_lock)
         tune_for_serving()  # after start-up: what is alive now stays alive
-        log.info("ready (%d workers, event loop: %s)", self.workers.running_count(),
-                 running_loop_name())
+        log.info("event loop: %s", running_loop_name())
+        log.info("ready (%d workers)", self.workers.running_count())
         await self.stop_requested.wait()
         return await self._shutdown()
 
