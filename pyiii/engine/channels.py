@@ -17,7 +17,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from ..protocol import Close
+from ..protocol import Close, IdSequence
 
 log = logging.getLogger("pyiii.engine.channels")
 
@@ -32,9 +32,9 @@ _BROKEN_END = object()
 
 
 class _RandomIds:
-    """UUIDv4-shaped ids and access keys from the OS's strong random source, read 4 KiB at a
-    time and kept as hex: iii-http makes two channels (four ids) per request, and a system
-    call (or a bytes-to-hex conversion) each showed."""
+    """UUIDv4-shaped access keys from the OS's strong random source, read 4 KiB at a time and
+    kept as hex: iii-http makes two channels per request, and a system call (or a
+    bytes-to-hex conversion) per key showed."""
 
     _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant
 
@@ -52,7 +52,10 @@ class _RandomIds:
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{self._VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-_new_id = _RandomIds()
+_new_key = _RandomIds()
+# Channel ids only need to be unique: the access key is what guards a channel (a wrong key and
+# an unknown id get the same 404), so ids come from a counter behind a random prefix
+_new_channel_id = IdSequence()
 
 
 @dataclass(eq=False)
@@ -96,7 +99,7 @@ class ChannelHub:
         """A new channel. ``key`` lets an owner give channels it hands to the same party one
         shared access key (iii-http: the two channels of one request go to one handler)."""
         size = DEFAULT_BUFFER if buffer_size is None else min(max(buffer_size, 1), MAX_BUFFER)
-        channel = Channel(_new_id(), key or _new_id(), size)
+        channel = Channel(_new_channel_id(), key or _new_key(), size)
         self.channels[channel.id] = channel
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
