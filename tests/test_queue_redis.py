@@ -350,7 +350,8 @@ async def test_retry_runs_at_its_due_time_while_blocked(engine, tmp_path, redis_
         await until(lambda: len(calls) == 3, 5.0)
         gaps = [(b - a) * 1000 for a, b in zip(calls, calls[1:])]
         print(f"\n[blocking read] retry gaps ms: {[round(g, 1) for g in gaps]}")
-        assert 295 <= gaps[0] <= 375 and 595 <= gaps[1] <= 675, gaps
+        # on time, not after the 5 s block (+150 ms: the machine may be busy with other tests)
+        assert 295 <= gaps[0] <= 450 and 595 <= gaps[1] <= 750, gaps
         await until(lambda: redis.Redis.from_url(redis_server.url).hlen(
             redis_prefix + QUEUE_BASE + "jobs") == 0)
     finally:
