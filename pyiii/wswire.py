@@ -230,7 +230,8 @@ def _mark_dirty(ws: Any) -> None:
         else:
             # written from a task (a caller's trigger): when other callbacks are ready to run
             # in this turn of the loop (32 callers, each sending a call), flush after them, so
-            # their frames go out in one system call; alone, flush now (no added latency)
+            # their frames go out in one system call; alone, flush now (no added latency).
+            # A loop that does not show its ready queue (uvloop) always flushes after them
             loop = ws.loop
             if not getattr(loop, "_ready", True):
                 ws._flush_pending = False

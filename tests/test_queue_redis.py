@@ -249,6 +249,11 @@ def script_calls(r: redis.Redis) -> int:
     return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+def unblocks(r: redis.Redis) -> int:
+    """CLIENT UNBLOCK calls the server has seen (how a consumer cuts its read short)."""
+    return int(r.info("commandstats").get("cmdstat_client|unblock", {}).get("calls", 0))
+
+
 async def test_job_from_another_store_starts_at_once_despite_long_poll(engine, tmp_path,
                                                                       redis_server,
                                                                       redis_prefix):
@@ -311,6 +316,7 @@ async def test_idle_blocked_consumer_is_cheap_and_stops_at_once(engine, tmp_path
         calls = script_calls(r) - before
         assert 2 <= calls <= 6, calls  # the stale scans, nothing spinning
         await until(lambda: blocked_reads(r) == 1)  # not in the middle of a scan
+        interrupted = unblocks(r)
         t0 = time.monotonic()
         await worker.stop()
         stopped = True
@@ -318,6 +324,9 @@ async def test_idle_blocked_consumer_is_cheap_and_stops_at_once(engine, tmp_path
         print(f"\n[blocking read] worker stopped in {took * 1000:.1f} ms")
         assert took < 1.0
         assert blocked_reads(r) == 0
+        # the stop cut the read short (or, rarely, the read had just ended by itself: then the
+        # stop did not have to wait either)
+        assert unblocks(r) > interrupted or took < 0.05, (took, interrupted)
     finally:
         if not stopped:
             await worker.stop()
@@ -408,3 +417,44 @@ async def test_fifo_jobs_of_another_store_keep_order_and_concurrency(engine, tmp
         await iii.shutdown_async()
         await worker.stop()
         await other.close()
+
+
+async def test_entries_of_a_failed_adopt_are_adopted_by_the_next_wait(redis_server, redis_prefix):
+    """The blocking read delivered an entry but ADOPT failed (a broken connection, say): the
+    waiter keeps it and leases it on its next ``wait``, instead of leaving it pending until
+    XAUTOCLAIM counts it as a lost delivery."""
+    from pyiii.storage.redis_link import RedisConfig
+    from pyiii.workers.queue.config import FN_QUEUE_PREFIX
+    from pyiii.workers.queue.redis_store import RedisQueueStore
+    from pyiii.workers.queue.storage import Job
+
+    queue = FN_QUEUE_PREFIX + "default"
+    store = RedisQueueStore(RedisConfig(redis_server.url, redis_prefix))
+    try:
+        assert (await store.claim(queue, 1, False, 30_000, "c1")).jobs == []  # makes the group
+        waiter = store.waiter(queue, "c1")
+        real_run = store._run
+        failures = []
+
+        async def adopt_fails_once(script: str, *args: Any) -> Any:
+            if script == "ADOPT" and not failures:
+                failures.append(args)
+                raise ConnectionError("connection lost while adopting")
+            return await real_run(script, *args)
+
+        store._run = adopt_fails_once  # type: ignore[method-assign]
+        await store.push(Job(id="j1", queue=queue, topic="default", function_id="job::run",
+                             data={"n": 1}))
+        store.stale_scan[queue] = time.time() + 5  # no scan due: the waiter may block
+        with pytest.raises(ConnectionError):
+            await waiter.wait(1, 2.0)
+        assert len(failures) == 1
+        t0 = time.monotonic()
+        jobs = await waiter.wait(1, 2.0)
+        assert time.monotonic() - t0 < 0.5  # no read needed: the kept entry is adopted
+        assert [(j.id, j.data, j.attempts_made) for j in jobs] == [("j1", {"n": 1}, 0)]
+        assert jobs[0].lease_token is not None and jobs[0].lease_token.startswith("c1|")
+        assert await store.ack(jobs[0])
+        assert await waiter.wait(1, 0.2) == []  # nothing left, nothing adopted twice
+    finally:
+        await store.close()

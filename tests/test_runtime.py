@@ -30,7 +30,7 @@ def probe(**env: str) -> dict:
 
 def test_tuning_freezes_start_up_objects_and_raises_the_young_threshold():
     result = probe(PYIII_GC_DEFAULTS="0")
-    assert result["before"] == [700, 10, 10]
+    assert result["before"] != [50_000, 20, 100]  # the interpreter's own defaults
     assert result["applied"] is True
     assert result["after"] == [50_000, 20, 100]
     assert result["frozen"] > 1_000  # the objects of the modules imported so far
@@ -38,5 +38,5 @@ def test_tuning_freezes_start_up_objects_and_raises_the_young_threshold():
 
 def test_defaults_kept_on_request():
     result = probe(PYIII_GC_DEFAULTS="1")
-    assert result == {"before": [700, 10, 10], "after": [700, 10, 10], "applied": False,
-                      "frozen": 0}
+    assert result["applied"] is False and result["frozen"] == 0
+    assert result["after"] == result["before"] != [50_000, 20, 100]

@@ -8,6 +8,7 @@ slows the writer down.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -108,7 +109,8 @@ class ChannelHub:
     def check(self, channel_id: str, key: str | None, direction: str | None) -> int:
         """HTTP status for an upgrade request: 101 means it may proceed."""
         channel = self.channels.get(channel_id)
-        if channel is None or key != channel.key:
+        # constant-time: ids are not secret (see _new_channel_id), so the key must not leak
+        if channel is None or key is None or not hmac.compare_digest(key, channel.key):
             return 404
         if direction not in ("read", "write"):
             return 400

@@ -35,6 +35,7 @@ STOP_GRACE_S = 10.0
 CLAIM_BACKOFF_FIRST_S = 0.1
 CLAIM_BACKOFF_MAX_S = 5.0
 INTERRUPT_RETRY_S = 0.02  # an interrupt can reach the store before the read it should end
+INTERRUPT_TIMEOUT_S = 0.5  # longest wait for the store to take an interrupt
 MIN_BLOCK_S = 0.005  # closer to a due time, the plain timer waits (a read would be interrupted)
 
 
@@ -247,9 +248,12 @@ class Consumer:
         time bounds this anyway)."""
         while not read.done():
             try:
-                if await waiter.interrupt():
-                    return
-            except Exception as exc:  # Redis gone: the read fails on its own
+                # bounded: a store that stopped answering must not hold up a stop; the read
+                # itself ends by its own block time
+                async with asyncio.timeout(INTERRUPT_TIMEOUT_S):
+                    if await waiter.interrupt():
+                        return
+            except Exception as exc:  # Redis gone or silent: the read fails on its own
                 log.debug("queue %s: interrupting the blocking read failed: %s", self.queue, exc)
                 return
             await asyncio.wait({read}, timeout=INTERRUPT_RETRY_S)

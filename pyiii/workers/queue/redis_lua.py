@@ -144,11 +144,15 @@ return out
 """
 
 # Entries a blocking XREADGROUP (outside any script: scripts cannot block) already delivered
-# to this consumer, leased exactly as CLAIM leases what it reads.
+# to this consumer, leased exactly as CLAIM leases what it reads. An entry this consumer no
+# longer holds is skipped: an ADOPT retried after a failure must not take, or drop, an entry
+# another consumer has claimed since.
 # ARGV: base, consumer, (entry, field, value)... -> {'', entry, record, attempts, ...}
 ADOPT = _COMMON + """
 local out = {''}
-for i = 3, #ARGV, 3 do take(out, ARGV[i], {ARGV[i + 1], ARGV[i + 2]}) end
+for i = 3, #ARGV, 3 do
+  if owned(ARGV[i], ARGV[2]) then take(out, ARGV[i], {ARGV[i + 1], ARGV[i + 2]}) end
+end
 return out
 """
 

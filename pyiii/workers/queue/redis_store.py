@@ -22,13 +22,16 @@ record, FIFO token, attempts) to entries already pending for that consumer. Lua 
 hence the read outside the scripts; a separate connection, because a blocked command would hold
 up the shared pipeline. The block lasts at most ``poll_interval_ms`` and never past the next
 stale-entry scan (every ``STALE_SCAN_S``) or the next delayed job's due time, both of which are
-CLAIM's work; so an idle consumer costs one blocking read plus one CLAIM per scan period. A read
+CLAIM's work; so an idle consumer costs one blocking read plus one CLAIM per
+``min(poll_interval_ms, STALE_SCAN_S)``. A read
 is ended early (stop, or a due time: Redis checks the timeouts of idle blocked clients only
 every 100 ms at its default ``hz``) with ``CLIENT UNBLOCK <id>`` in timeout mode: the read
 returns nothing, so no delivered entry is lost in flight. That is why each consumer owns its
 connection (one per queue and engine) and knows its client id, read once per connection, not
-per read. Only a read cut off by a dropped connection (a crash, a dead server) can leave entries
-delivered to nobody; like a dead engine's, they come back through ``XAUTOCLAIM``.
+per read. Entries whose ADOPT failed (say, the shared connection broke) are kept and adopted
+before the next read. Only a read cut off by a dropped connection (a crash, a dead server) can
+leave entries delivered to nobody; like a dead engine's, they come back through ``XAUTOCLAIM``
+after the visibility timeout, as a lost delivery.
 """
 
 from __future__ import annotations
@@ -279,14 +282,22 @@ class StreamWaiter:
         self.conn = pool.connection_class(**pool.connection_kwargs)
         self.client_id: int | None = None  # of the live connection; None until connected
         self.blocked = False
+        # (entry id, field, value) triples a read delivered but ADOPT did not lease (it failed):
+        # adopted first by the next ``wait``, or they would sit pending until XAUTOCLAIM
+        self.unadopted: list[Any] = []
         # a read whose reply is this late means the connection is dead, not idle
         self.margin_s = max(1.0, store.link.config.connect_timeout_ms / 1000)
 
     async def wait(self, limit: int, timeout_s: float) -> list[Job]:
         """Block up to ``timeout_s`` (never past the queue's next stale scan) for entries, and
         lease at most ``limit`` of them; [] when nothing came or the read was interrupted."""
+        if limit < 1:
+            return []
+        if self.unadopted:
+            args, self.unadopted = self.unadopted[:3 * limit], self.unadopted[3 * limit:]
+            return await self._adopt(args)
         remaining = min(timeout_s, self.store.stale_scan.get(self.queue, 0.0) - time.time())
-        if remaining <= 0 or limit < 1:
+        if remaining <= 0:
             return []  # the scan (or the due job) is CLAIM's work: let the consumer claim
         block_ms = max(1, math.ceil(remaining * 1000))
         try:
@@ -305,7 +316,14 @@ class StreamWaiter:
                 args += [entry, fields[0], fields[1]]
         if not args:
             return []
-        out = await self.store._run("ADOPT", self.queue, self.token, *args)
+        return await self._adopt(args)
+
+    async def _adopt(self, args: list[Any]) -> list[Job]:
+        try:
+            out = await self.store._run("ADOPT", self.queue, self.token, *args)
+        except BaseException:
+            self.unadopted[:0] = args  # in read order, ahead of any kept before
+            raise
         return self.store._leased(out, self.token)
 
     async def _read(self, limit: int, block_ms: int) -> Any:
