@@ -71,7 +71,8 @@ def emit(*parts: Any) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-async def role_plain() -> None:
+async def plain_app() -> Any:
+    """The peer: one aiohttp route answering the bench request, set up (an ``AppRunner``)."""
     import orjson
     from aiohttp import web
 
@@ -84,6 +85,13 @@ async def role_plain() -> None:
     app.router.add_get(PATH, hello)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    return runner
+
+
+async def role_plain() -> None:
+    from aiohttp import web
+
+    runner = await plain_app()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -211,19 +219,7 @@ async def cpu_per_request(protocol_factory: Any, conns: int = 32, per_conn: int 
 async def role_cpu(scenario: str) -> None:
     """``--cpu`` child: one scenario's CPU per request, printed as ``CPU <µs>``."""
     if scenario == "plain":
-        import orjson
-        from aiohttp import web
-
-        body = orjson.dumps({"hello": "world"})
-
-        async def hello(request: web.Request) -> web.Response:
-            return web.Response(body=body, content_type="application/json")
-
-        app = web.Application()
-        app.router.add_get(PATH, hello)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        factory: Any = runner.server
+        factory: Any = (await plain_app()).server
     else:
         from pyiii.engine.core import Engine
         from pyiii.engine.inprocess import local_connector
