@@ -19,6 +19,20 @@ pytest_plugins = ["tests.conftest_peers", "tests.redis_server"]
 NO_FRAME_S = 0.5  # "no frame" waits; long enough for a loopback round trip many times over
 GRACE_MS = 300
 
+# The official SDKs' conformance runs against an engine on uvloop, the loop `iii` serves on
+# (pyiii.runtime); every other async test runs on the standard loop, so both stay covered.
+UVLOOP_MODULES = frozenset({"test_conformance_sdks_calls", "test_conformance_sdks_data",
+                            "test_conformance_sdks_lifecycle"})
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rpartition(".")[2] in UVLOOP_MODULES:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
 
 @dataclass
 class EngineUnderTest:

@@ -23,6 +23,13 @@ RICH = {"s": "h\u00e9llo \u2603 \U0001f600", "n": [1, 2.5, None, True, False, -7
         "o": {"k": "v", "nested": {"empty": {}, "list": []}}, "big": 2 ** 53}
 
 
+async def test_these_tests_run_the_engine_on_uvloop():
+    """As `iii` does (tests/conftest.py picks the loop per module)."""
+    from pyiii.runtime import running_loop_name
+
+    assert running_loop_name() == "uvloop"
+
+
 @pytest.mark.parametrize("caller", LANGS)
 @pytest.mark.parametrize("owner", LANGS)
 async def test_08_sdk_end_to_end(sdk, owner, caller):
