@@ -12,15 +12,25 @@ Needs the ``bench`` extra (``.venv/bin/pip install nats-py``), ``nats-server`` o
 ``py-spy`` (``.venv/bin/pip install py-spy``).
 
 Scenarios (each repetition starts fresh processes; repetitions are interleaved so that
-machine noise spreads over all scenarios; the report shows medians over repetitions):
+machine noise spreads over all scenarios; the report shows medians over repetitions;
+``--scenarios`` picks a subset):
 
 1. ``pyiii``   caller (pyiii.sdk, trigger_async) -> pyiii engine -> echo worker (pyiii.sdk)
-               -> engine -> caller. Three processes, two WebSocket hops each way.
-2. ``nats``    nats-py requester -> private nats-server -> nats-py responder -> back.
-3. ``floor``   websockets client -> websockets echo server -> back (one hop: the floor).
-4. ``inproc``  one engine and two pyiii.sdk clients in ONE process, in-process connector.
-5. ``memory``  RSS of an engine process before/after 1,000 raw WebSocket clients connect
+               -> engine -> caller. Three processes, two WebSocket hops each way. Caller and
+               worker run on ``pyiii.sdk.run`` (uvloop), the engine as `iii` runs.
+2. ``pyiii-nopoll``   the same with busy polling off in all three (``PYIII_BUSY_POLL_US=0``).
+3. ``pyiii-asyncio``  the same with caller and worker on ``asyncio.run`` (standard loop).
+4. ``paced``   what busy polling costs: one call at a time at 100 and 1,000 calls/s, CPU time
+               of the three processes, polling on and off.
+5. ``nats``    nats-py requester -> private nats-server -> nats-py responder -> back.
+6. ``floor``   websockets client -> websockets echo server -> back (one hop: the floor).
+7. ``inproc``  one engine and two pyiii.sdk clients in ONE process, in-process connector.
+8. ``memory``  RSS of an engine process before/after 1,000 raw WebSocket clients connect
                and send ``engine::workers::register`` (void), clients in 4 other processes.
+
+The Python clients of the hub scenarios (pyiii's caller and worker, the NATS requester and
+responder, both ends of the floor) all run on the same loop (uvloop through
+``pyiii.sdk.run``) unless a scenario says otherwise, so the comparison is like for like.
 
 Every scenario moves the same 256-byte JSON payload and runs concurrency 1 and 32 (32
 calls outstanding from one client connection). Latency is measured per call in the caller
@@ -58,6 +68,21 @@ MEM_CONNECTIONS = 1000
 MEM_CLIENT_PROCS = 4
 ECHO_FN = "bench::echo"
 NATS_SUBJECT = "bench.echo"
+# roles that run on pyiii.sdk.run (uvloop): pyiii's SDK processes and, for a like-for-like
+# comparison, the NATS clients and both ends of the floor
+LOOP_ROLES = ("pyiii-caller", "echo-worker", "paced-caller", "nats-responder", "nats-requester",
+              "ws-echo-server", "ws-client")
+SDK_LOOP_ENV = "BENCH_SDK_LOOP"
+# the pyiii hub scenario and its variants: environment of all three processes, and how the
+# caller and echo worker run ("run": pyiii.sdk.run, "asyncio": asyncio.run; the engine always
+# runs on the loop `iii` runs on)
+PYIII_VARIANTS: dict[str, tuple[dict[str, str], str]] = {
+    "pyiii": ({}, "run"),
+    "pyiii-nopoll": ({"PYIII_BUSY_POLL_US": "0"}, "run"),
+    "pyiii-asyncio": ({}, "asyncio"),
+}
+PACED_RATES = (100, 1000)  # calls/s of the paced scenario
+SCENARIOS = (*PYIII_VARIANTS, "paced", "nats", "floor", "inproc", "memory")
 
 
 def make_payload(size: int = PAYLOAD_BYTES) -> dict[str, Any]:
@@ -195,6 +220,46 @@ async def role_pyiii_caller(url: str, warmup: float, seconds: float, concs: list
         return trigger(request)
 
     results = await run_load(call, warmup, seconds, concs)
+    emit("RESULT", json.dumps(results))
+    await client.shutdown_async()
+
+
+async def run_paced(call: Callable[[], Awaitable[Any]], rate: int, seconds: float) -> dict[str, Any]:
+    """One call every 1/``rate`` s (never more than one outstanding) for ``seconds``."""
+    clock, pc = time.perf_counter, time.perf_counter_ns
+    lat: list[int] = []
+    start = clock()
+    n = int(rate * seconds)
+    for i in range(n):
+        delay = start + i / rate - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t0 = pc()
+        await call()
+        lat.append(pc() - t0)
+    elapsed = clock() - start
+    lat.sort()
+    return {"calls": n, "seconds": elapsed, "calls_per_s": n / elapsed,
+            "p50_us": lat[n // 2] / 1000, "p99_us": lat[min(n - 1, int(n * 0.99))] / 1000}
+
+
+async def role_paced_caller(url: str, seconds: float, rates: list[int]) -> None:
+    from pyiii.sdk import InitOptions, register_worker
+
+    client = register_worker(url, InitOptions(worker_name="bench-caller"))
+    await client.wait_connected(15)
+    await _wait_for_echo(client)
+    request = {"function_id": ECHO_FN, "payload": PAYLOAD}
+
+    def call() -> Awaitable[Any]:
+        return client.trigger_async(request)
+
+    results = {}
+    for rate in rates:
+        await run_paced(call, rate, 0.5)
+        emit("MARK begin", rate)
+        results[str(rate)] = await run_paced(call, rate, seconds)
+        emit("MARK end", rate)
     emit("RESULT", json.dumps(results))
     await client.shutdown_async()
 
@@ -353,9 +418,10 @@ class Runner:
         self.children: list[Child] = []
         self.counter = 0
 
-    async def spawn(self, name: str, argv: list[str], stdin: bool = False) -> Child:
+    async def spawn(self, name: str, argv: list[str], stdin: bool = False,
+                    env: dict[str, str] | None = None) -> Child:
         self.counter += 1
-        child = await spawn_logged(self.workdir, self.counter, name, argv, stdin=stdin)
+        child = await spawn_logged(self.workdir, self.counter, name, argv, stdin=stdin, env=env)
         self.children.append(child)
         return child
 
@@ -404,22 +470,50 @@ class Runner:
 
     # -- scenarios ----------------------------------------------------------------------
 
-    async def start_engine(self) -> tuple[Child, str]:
-        engine = await self.spawn("engine", [sys.executable, "-c", ENGINE_CODE])
+    async def start_engine(self, env: dict[str, str] | None = None) -> tuple[Child, str]:
+        engine = await self.spawn("engine", [sys.executable, "-c", ENGINE_CODE], env=env)
         port = await engine.expect("READY")
         return engine, f"ws://127.0.0.1:{port}"
 
-    async def pyiii(self, on_begin: Any = None, profile_pids: list[int] | None = None) -> dict[str, Any]:
+    async def pyiii(self, on_begin: Any = None, profile_pids: list[int] | None = None,
+                    variant: str = "pyiii") -> dict[str, Any]:
+        extra, sdk_loop = PYIII_VARIANTS[variant]
+        env = dict(os.environ, **extra, **{SDK_LOOP_ENV: sdk_loop})
         try:
-            engine, url = await self.start_engine()
-            worker = await self.spawn("echo-worker", self.py("echo-worker", url))
+            engine, url = await self.start_engine(env)
+            worker = await self.spawn("echo-worker", self.py("echo-worker", url), env=env)
             await worker.expect("READY")
-            caller = await self.spawn("pyiii-caller", self.py("pyiii-caller", url, *self.load_args()))
+            caller = await self.spawn("pyiii-caller", self.py("pyiii-caller", url, *self.load_args()),
+                                      env=env)
             if profile_pids is not None:
                 profile_pids[:] = [engine.pid, worker.pid, caller.pid]
             return await self.drive(caller, engine.pid, on_begin)
         finally:
             await self.stop_all()
+
+    async def pyiii_nopoll(self) -> dict[str, Any]:
+        return await self.pyiii(variant="pyiii-nopoll")
+
+    async def pyiii_asyncio(self) -> dict[str, Any]:
+        return await self.pyiii(variant="pyiii-asyncio")
+
+    async def paced(self) -> dict[str, Any]:
+        """What busy polling costs: CPU of the three hub processes at a steady, low call rate,
+        with polling on (default) and off."""
+        out: dict[str, Any] = {}
+        for label, extra in (("on", {}), ("off", {"PYIII_BUSY_POLL_US": "0"})):
+            env = dict(os.environ, **extra)
+            try:
+                engine, url = await self.start_engine(env)
+                worker = await self.spawn("echo-worker", self.py("echo-worker", url), env=env)
+                await worker.expect("READY")
+                caller = await self.spawn("paced-caller", self.py(
+                    "paced-caller", url, self.args.seconds, ",".join(map(str, PACED_RATES))), env=env)
+                for rate, r in (await self.drive(caller, engine.pid)).items():
+                    out[f"{rate}/s {label}"] = r
+            finally:
+                await self.stop_all()
+        return out
 
     async def nats(self) -> dict[str, Any]:
         try:
@@ -572,22 +666,27 @@ def median(values: list[float]) -> float:
 
 def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for scenario in ("pyiii", "nats", "floor", "inproc"):
+    for scenario in reps[0]:
+        if scenario == "memory":
+            mem = [r["memory"] for r in reps]
+            out["memory"] = {key: median([m[key] for m in mem]) for key in mem[0]}
+            out["memory"]["runs_kib_per_connection"] = [round(m["kib_per_connection"], 2) for m in mem]
+            continue
         out[scenario] = {}
-        for conc in map(str, CONCURRENCIES):
+        for conc in reps[0][scenario]:  # concurrencies, or the paced scenario's rates
             rows = [r[scenario][conc] for r in reps]
             out[scenario][conc] = {key: median([row[key] for row in rows])
                                    for key in rows[0] if isinstance(rows[0][key], (int, float))}
             out[scenario][conc]["runs_calls_per_s"] = [round(row["calls_per_s"]) for row in rows]
-    mem = [r["memory"] for r in reps]
-    out["memory"] = {key: median([m[key] for m in mem]) for key in mem[0]}
-    out["memory"]["runs_kib_per_connection"] = [round(m["kib_per_connection"], 2) for m in mem]
     return out
 
 
 def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = []
-    label = {"pyiii": "pyiii hub (caller→engine→worker→caller)", "nats": "NATS request-reply",
+    label = {"pyiii": "pyiii hub (caller→engine→worker→caller)",
+             "pyiii-nopoll": "pyiii hub, busy polling off",
+             "pyiii-asyncio": "pyiii hub, caller and worker on asyncio.run",
+             "nats": "NATS request-reply",
              "floor": "WebSocket echo, one hop (floor)", "inproc": "pyiii in-process (2 workers, 1 process)"}
     lines.append(f"payload {PAYLOAD_BYTES} B JSON, {args.reps} repetitions, "
                  f"{args.warmup}s warm-up + {args.seconds}s window per concurrency; medians")
@@ -595,8 +694,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append("| scenario | conc | calls/s | p50 µs | p99 µs | hub CPU µs/call | hub CPU util "
                  "| all-process CPU µs/call | all-process CPU util | runs (calls/s) |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for scenario in ("pyiii", "nats", "floor", "inproc"):
-        for conc in map(str, CONCURRENCIES):
+    for scenario in (name for name in label if name in summary):
+        for conc in summary[scenario]:
             r = summary[scenario][conc]
             lines.append(
                 f"| {label[scenario]} | {conc} | {r['calls_per_s']:,.0f} | {r['p50_us']:,.0f} | "
@@ -604,29 +703,44 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{100 * r.get('hub_cpu_util', float('nan')):.0f}% | "
                 f"{r['total_cpu_us_per_call']:,.1f} | {100 * r['total_cpu_util']:.0f}% | "
                 f"{', '.join(f'{v:,}' for v in r['runs_calls_per_s'])} |")
-    m = summary["memory"]
-    lines.append("")
-    lines.append(f"engine memory: {m['connections']:.0f} idle registered workers, RSS "
-                 f"{m['rss_before_kib']:,.0f} → {m['rss_after_kib']:,.0f} KiB, "
-                 f"**{m['kib_per_connection']:.1f} KiB per connection** "
-                 f"(runs: {', '.join(map(str, m['runs_kib_per_connection']))}; "
-                 f"connect+register of all took {m['connect_seconds']:.1f} s)")
+    if "paced" in summary:
+        lines.append("")
+        lines.append("busy polling's cost: one call at a time at a fixed rate, CPU time of engine, "
+                     "worker and caller together per second of wall time")
+        lines.append("")
+        lines.append("| rate, busy polling | calls/s | p50 µs | p99 µs | CPU util (3 processes) | CPU µs/call |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for key, r in summary["paced"].items():
+            lines.append(f"| {key} | {r['calls_per_s']:,.0f} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | "
+                         f"{100 * r['total_cpu_util']:.1f}% | {r['total_cpu_us_per_call']:,.0f} |")
+    if "memory" in summary:
+        m = summary["memory"]
+        lines.append("")
+        lines.append(f"engine memory: {m['connections']:.0f} idle registered workers, RSS "
+                     f"{m['rss_before_kib']:,.0f} → {m['rss_after_kib']:,.0f} KiB, "
+                     f"**{m['kib_per_connection']:.1f} KiB per connection** "
+                     f"(runs: {', '.join(map(str, m['runs_kib_per_connection']))}; "
+                     f"connect+register of all took {m['connect_seconds']:.1f} s)")
     lines.append("")
     lines.append("| ratio / target | value | target | met |")
     lines.append("|---|---:|---:|:---:|")
-    for conc in map(str, CONCURRENCIES):
-        ratio = summary["pyiii"][conc]["calls_per_s"] / summary["nats"][conc]["calls_per_s"]
-        lines.append(f"| pyiii / NATS calls/s, conc {conc} | {ratio:.2f}× | ≥ 1.5× | {_yes(ratio >= 1.5)} |")
-    for conc in map(str, CONCURRENCIES):
-        ratio = summary["pyiii"][conc]["calls_per_s"] / summary["floor"][conc]["calls_per_s"]
-        lines.append(f"| pyiii / floor calls/s, conc {conc} | {ratio:.2f}× | (info) | – |")
-    p50 = summary["pyiii"]["1"]["p50_us"]
-    lines.append(f"| pyiii p50, conc 1 | {p50:,.0f} µs | ≤ 100 µs | {_yes(p50 <= 100)} |")
-    for conc in map(str, CONCURRENCIES):
+    for peer, target in (("nats", 1.5), ("floor", None)):
+        for conc in map(str, CONCURRENCIES):
+            if "pyiii" not in summary or peer not in summary:
+                continue
+            ratio = summary["pyiii"][conc]["calls_per_s"] / summary[peer][conc]["calls_per_s"]
+            goal = f"≥ {target}×" if target else "(info)"
+            met = _yes(ratio >= target) if target else "–"
+            lines.append(f"| pyiii / {peer} calls/s, conc {conc} | {ratio:.2f}× | {goal} | {met} |")
+    if "pyiii" in summary:
+        p50 = summary["pyiii"]["1"]["p50_us"]
+        lines.append(f"| pyiii p50, conc 1 | {p50:,.0f} µs | ≤ 100 µs | {_yes(p50 <= 100)} |")
+    for conc in map(str, CONCURRENCIES) if "inproc" in summary else ():
         v = summary["inproc"][conc]["calls_per_s"]
         lines.append(f"| in-process calls/s, conc {conc} | {v:,.0f} | ≥ 100,000 | {_yes(v >= 100_000)} |")
-    kib = m["kib_per_connection"]
-    lines.append(f"| engine KiB per idle worker | {kib:.1f} | ≤ 20 | {_yes(kib <= 20)} |")
+    if "memory" in summary:
+        kib = summary["memory"]["kib_per_connection"]
+        lines.append(f"| engine KiB per idle worker | {kib:.1f} | ≤ 20 | {_yes(kib <= 20)} |")
     return "\n".join(lines)
 
 
@@ -644,12 +758,15 @@ async def orchestrate(args: argparse.Namespace) -> None:
     try:
         for rep in range(args.reps):
             result: dict[str, Any] = {}
-            for scenario in ("pyiii", "nats", "floor", "inproc", "memory"):
+            for scenario in args.scenarios:
                 t0 = time.perf_counter()
-                result[scenario] = await getattr(runner, scenario)()
+                result[scenario] = await getattr(runner, scenario.replace("-", "_"))()
                 brief = result[scenario]
                 if scenario == "memory":
                     text = f"{brief['kib_per_connection']:.1f} KiB/conn"
+                elif scenario == "paced":
+                    text = "  ".join(f"{k}: CPU {100 * r['total_cpu_util']:.1f}% p50 {r['p50_us']:,.0f}µs"
+                                     for k, r in brief.items())
                 else:
                     text = "  ".join(f"c={c}: {r['calls_per_s']:,.0f}/s p50 {r['p50_us']:,.0f}µs "
                                      f"p99 {r['p99_us']:,.0f}µs" for c, r in brief.items())
@@ -680,6 +797,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="warm-up seconds per concurrency")
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
     parser.add_argument("--json", help="write raw and median results to this file")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="after the runs, py-spy the pyiii processes at concurrency 32 "
                              "(writes PREFIX-{engine,worker,caller}.txt, prints hot spots)")
@@ -691,6 +810,10 @@ def main() -> None:
     if args.role:
         if args.role == "inproc":  # this process stands in for `iii` itself
             run_like_iii(run_role(args.role, args.role_args))
+        elif args.role in LOOP_ROLES and os.environ.get(SDK_LOOP_ENV) != "asyncio":
+            from pyiii.sdk import run  # as the README suggests for worker programs
+
+            run(run_role(args.role, args.role_args))
         else:
             asyncio.run(run_role(args.role, args.role_args))
         return
@@ -700,6 +823,10 @@ def main() -> None:
         args.seconds = 1.0 if args.quick else 4.0
     if args.reps < 1:
         parser.error("--reps must be ≥ 1")
+    args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown or not args.scenarios:
+        parser.error(f"--scenarios: choose from {', '.join(SCENARIOS)} (got {', '.join(unknown) or 'none'})")
     try:
         asyncio.run(orchestrate(args))
     except KeyboardInterrupt:
@@ -714,6 +841,8 @@ async def run_role(role: str, a: list[str]) -> None:
         await role_echo_worker(a[0])
     elif role == "pyiii-caller":
         await role_pyiii_caller(a[0], *load())
+    elif role == "paced-caller":
+        await role_paced_caller(a[0], float(a[1]), [int(r) for r in a[2].split(",")])
     elif role == "inproc":
         await role_inproc(*load())
     elif role == "nats-responder":

@@ -5,8 +5,10 @@ the event loop they use and their garbage-collector settings.
 every message costs a system call or two and a turn of the loop, and libuv's loop does that
 part several times cheaper than the standard one (hub round trip at concurrency 1: 3.2k ->
 4.4k calls/s with only the engine on uvloop, docs/benchmarks.md). ``PYIII_LOOP=asyncio``
-chooses the standard loop. Only these processes choose; pyiii.sdk never changes the loop of
-the program it runs in.
+chooses the standard loop. pyiii.sdk never changes the loop of the program it runs in: a
+client built inside a running loop uses that loop; a client built in a plain script runs its
+own loop in a background thread, and that one is chosen here too. ``pyiii.sdk.run`` is ``run``
+for worker programs that want the same loop.
 
 **Garbage collector.** CPython's cyclic collector walks every tracked object of the generation it collects. A process
 that has imported aiohttp, websockets and redis holds a few hundred thousand such objects, so
@@ -34,7 +36,8 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["run", "loop_name", "running_loop_name", "tune_for_serving", "YOUNG_THRESHOLD"]
+__all__ = ["run", "new_event_loop", "loop_name", "running_loop_name", "tune_for_serving",
+           "YOUNG_THRESHOLD"]
 
 T = TypeVar("T")
 
@@ -61,14 +64,19 @@ def loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on the loop ``loop_name`` names."""
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new loop of the kind ``loop_name`` names."""
     if loop_name() == "uvloop":
         import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
-    return asyncio.run(main)
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the loop ``loop_name`` names."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def running_loop_name() -> str:

@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - the C extension ships in the wheels we install
     from websockets.utils import apply_mask
 
-from . import protocol
+from . import busypoll, protocol
 
 log = logging.getLogger("pyiii.wswire")
 
@@ -113,6 +113,7 @@ class DirectDelivery:
             if not nested:
                 _batching = False
                 flush_all()
+                busypoll.touch(self.loop)  # type: ignore[attr-defined]
 
     def _may_go_fast(self) -> bool:
         # only at a frame boundary of the library's parser: nothing buffered, no fragments
@@ -231,9 +232,11 @@ def _mark_dirty(ws: Any) -> None:
             # written from a task (a caller's trigger): when other callbacks are ready to run
             # in this turn of the loop (32 callers, each sending a call), flush after them, so
             # their frames go out in one system call; alone, flush now (no added latency).
-            # A loop that does not show its ready queue (uvloop) always flushes after them
+            # (the busy-poll callback does not count). A loop that does not show its ready
+            # queue (uvloop) always flushes after them
             loop = ws.loop
-            if not getattr(loop, "_ready", True):
+            ready = getattr(loop, "_ready", None)
+            if ready is not None and len(ready) <= busypoll.queued(loop):
                 ws._flush_pending = False
                 _flush(ws)
                 return
@@ -263,6 +266,7 @@ def _flush(ws: Any) -> None:
         ws._out = None
         if transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+            busypoll.touch(ws.loop)
     try:
         ws.send_data()  # whatever the library queued (pongs, close frames) goes after
     except Exception as exc:  # the transport failed; the library reports the close

@@ -7,6 +7,7 @@ dispatch), ``transport`` (WebSocket / pluggable links), ``channels``, ``triggers
 """
 
 from pyiii.protocol import DEFAULT_ENGINE_URL
+from pyiii.runtime import run
 
 from .channels import Channel, ChannelReader, ChannelWriter, StreamChannelRef, is_channel_ref
 from .client import III
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_ENGINE_URL",
     "III",
     "register_worker",
+    "run",
     "InitOptions",
     "ReconnectionConfig",
     "TelemetryOptions",

@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Callable
 
 from pyiii.protocol import Frame, IdSequence, new_id
+from pyiii.runtime import new_event_loop
 
 from .channels import Channel, ChannelReader, ChannelWriter, StreamChannelRef, resolve_channel_refs
 from .calls import Calls
@@ -73,7 +74,7 @@ class III(Calls):
             self._loop = running
             self._loop_thread_id = threading.get_ident()
         else:
-            self._loop = asyncio.new_event_loop()
+            self._loop = new_event_loop()  # the SDK's own loop: uvloop where installed
             # not a daemon: like the official SDK, a worker script stays up until shutdown()
             self._thread = threading.Thread(target=self._loop.run_forever, name="pyiii-sdk")
             self._thread.start()

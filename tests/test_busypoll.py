@@ -1,0 +1,151 @@
+"""pyiii.busypoll: after a WebSocket message the loop keeps polling for one window, then
+sleeps; on both loops pyiii runs on, and through the real wire (engine + pyiii.sdk)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+
+from pyiii import busypoll
+from pyiii.sdk import InitOptions, register_worker
+
+pytestmark = pytest.mark.timeout(60)
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def window() -> Iterator[None]:
+    saved = busypoll.window_s()
+    yield
+    busypoll.set_window_s(saved)
+
+
+@pytest.fixture
+def yields(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the spinner's turns (each gives the CPU away once)."""
+    count = [0]
+
+    def counting_yield() -> None:
+        count[0] += 1
+
+    monkeypatch.setattr(busypoll, "_yield", counting_yield)
+    return count
+
+
+@pytest.mark.parametrize("raw, expected_us", [
+    (None, 100.0), ("", 100.0), ("  ", 100.0), ("0", 0.0), ("250", 250.0), ("12.5", 12.5),
+    ("-3", 0.0),
+])
+def test_window_from_the_environment(raw: str | None, expected_us: float) -> None:
+    assert busypoll.parse_window_us(raw) == pytest.approx(expected_us / 1e6)
+
+
+@pytest.mark.parametrize("raw", ["fast", "1e", "nan", "inf"])
+def test_a_value_that_is_not_a_number_is_reported_and_the_default_used(
+        raw: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyiii.busypoll"):
+        assert busypoll.parse_window_us(raw) == pytest.approx(100e-6)
+    assert f"PYIII_BUSY_POLL_US={raw!r} is not a number of microseconds; using 100" in caplog.text
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_the_loop_polls_for_one_window_then_sleeps(loop_name: str, window: None,
+                                                   yields: list[int]) -> None:
+    busypoll.set_window_s(0.02)
+
+    async def scenario() -> tuple[int, int, int, int, float]:
+        loop = asyncio.get_running_loop()
+        busypoll.touch(loop)
+        armed = busypoll.queued(loop)
+        await asyncio.sleep(0.01)  # inside the window: the spinner runs turn after turn
+        during = yields[0]
+        await asyncio.sleep(0.05)  # the window has closed
+        after_window = yields[0]
+        cpu0 = time.process_time()
+        await asyncio.sleep(0.3)  # idle: the loop sleeps in the kernel again
+        idle_cpu = time.process_time() - cpu0
+        return armed, during, after_window, yields[0] - after_window, idle_cpu
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        armed, during, after_window, idle_turns, idle_cpu = runner.run(scenario())
+    assert armed == 1
+    assert during >= 10  # many zero-timeout polls in 10 ms, not one sleep
+    assert after_window >= during
+    assert idle_turns == 0
+    assert idle_cpu < 0.05
+
+
+def test_each_message_extends_the_window_and_one_spinner_serves_a_loop(window: None,
+                                                                        yields: list[int]) -> None:
+    busypoll.set_window_s(0.03)
+
+    async def scenario() -> tuple[int, int, bool]:
+        loop = asyncio.get_running_loop()
+        busypoll.touch(loop)
+        busypoll.touch(loop)  # a second message in the same turn queues nothing more
+        queued_callbacks = len(loop._ready)  # type: ignore[attr-defined]
+        for _ in range(4):  # a message every 20 ms keeps the 30 ms window open throughout
+            await asyncio.sleep(0.02)
+            busypoll.touch(loop)
+        still_armed = busypoll.queued(loop)
+        await asyncio.sleep(0.08)
+        return queued_callbacks, still_armed, busypoll.queued(loop) == 0
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        queued_callbacks, still_armed, closed = runner.run(scenario())
+    assert queued_callbacks == 1
+    assert still_armed == 1
+    assert closed
+
+
+def test_window_zero_turns_it_off(window: None, yields: list[int]) -> None:
+    busypoll.set_window_s(0)
+
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        busypoll.touch(loop)
+        queued = len(loop._ready)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.02)
+        return queued, busypoll.queued(loop)
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        assert runner.run(scenario()) == (0, 0)
+    assert yields[0] == 0
+
+
+async def test_messages_on_the_wire_open_the_window(engine, window: None) -> None:
+    busypoll.set_window_s(0.3)  # wide enough to observe from the test
+    loop = asyncio.get_running_loop()
+    client = register_worker(engine.url, InitOptions(worker_name="poller"))
+    try:
+        await client.wait_connected(5)
+        client.register_function("poll::echo", lambda data: data)
+        await asyncio.sleep(0.4)  # let the window of the connection's set-up close
+        assert busypoll.queued(loop) == 0
+        result = await client.trigger_async({"function_id": "poll::echo", "payload": {"n": 7}})
+        assert result == {"n": 7}
+        assert busypoll.queued(loop) == 1  # engine and client share this loop here
+    finally:
+        await client.shutdown_async()
+
+
+async def test_a_write_from_a_task_goes_out_at_once_while_the_loop_polls(engine, window: None) -> None:
+    """The spinner's own callback in the ready queue must not make a lone write wait for the
+    next turn of the loop (that would add a turn to every call)."""
+    busypoll.set_window_s(2.0)
+    client = register_worker(engine.url, InitOptions(worker_name="writer"))
+    try:
+        await client.wait_connected(5)
+        ws = client._link._ws  # type: ignore[attr-defined]
+        busypoll.touch(asyncio.get_running_loop())
+        assert busypoll.queued(asyncio.get_running_loop()) == 1
+        client._link.send_nowait({"type": "ping-test"})  # type: ignore[attr-defined]
+        assert ws._out is None and not ws._flush_pending  # written to the socket already
+    finally:
+        await client.shutdown_async()
