@@ -596,7 +596,9 @@ def main() -> None:
         elif args.role == "engine":
             run_like_iii(role_engine(a[0], int(a[1])))
         elif args.role == "handler":
-            asyncio.run(role_handler(a[0], int(a[1])))
+            from pyiii.sdk import run  # a worker program, run as the README suggests
+
+            run(role_handler(a[0], int(a[1])))
         elif args.role == "cpu":
             if a[0] == "plain":
                 asyncio.run(role_cpu(a[0]))

@@ -21,6 +21,8 @@ Scenarios (every repetition starts fresh processes; repetitions are interleaved)
                     (``redis.asyncio.Redis``, its connection pool) doing SET / GET on the
                     private redis-server.
 
+Both kinds of client process run on uvloop (``pyiii.sdk.run``), like for like.
+
 The value is a small JSON object (``{"n": i, "s": "x"*32}``) over 1,000 keys; the Redis client
 stores ``orjson.dumps(value)`` and ``orjson.loads`` what it gets so that both sides encode and
 decode JSON. Per client process, C asyncio tasks each loop ``await op()`` (C = 1, 32): a warm-up
@@ -279,7 +281,7 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 LABELS = {"pyiii-memory": "pyiii iii-state, memory", "pyiii-sqlite": "pyiii iii-state, sqlite",
-          "redis": "Redis direct (redis-py asyncio)"}
+          "redis": "Redis direct (redis-py asyncio, uvloop)"}
 
 
 def report(s: dict[str, Any], clients: int) -> str:
@@ -349,8 +351,10 @@ def main() -> None:
         a = args.role_args
         if args.role == "engine":
             run_like_iii(role_engine(a[0], a[1]))
-        elif args.role == "client":
-            asyncio.run(role_client(a[0], a[1], float(a[2]), float(a[3])))
+        elif args.role == "client":  # pyiii.sdk or redis-py, both on the loop the README suggests
+            from pyiii.sdk import run
+
+            run(role_client(a[0], a[1], float(a[2]), float(a[3])))
         else:
             raise SystemExit(f"unknown role {args.role}")
         return

@@ -149,3 +149,18 @@ async def test_a_write_from_a_task_goes_out_at_once_while_the_loop_polls(engine,
         assert ws._out is None and not ws._flush_pending  # written to the socket already
     finally:
         await client.shutdown_async()
+
+
+def test_a_closed_loop_is_not_kept_alive(window: None) -> None:
+    import gc
+    import weakref
+
+    busypoll.set_window_s(0.001)
+    loop = asyncio.new_event_loop()
+    busypoll.touch(loop)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None
