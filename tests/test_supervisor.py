@@ -285,3 +285,22 @@ def test_worker_dies_with_a_killed_engine(iii_procs):
     os.kill(eng.proc.pid, signal.SIGKILL)
     eng.proc.wait(5)
     wait_for(lambda: not group_members(pid), 5, what="the worker to die with its engine")
+
+
+def test_a_removed_worker_stays_listed_as_stopping_until_its_process_is_gone(iii_procs):
+    """`iii worker remove` waits for the worker to leave `worker::list` and then reports it
+    stopped: the supervisor must keep listing it until the process has exited."""
+    stubborn = svc_entry("svc", **PROCESS, env="{MODE: stubborn}", stop_timeout_ms="1500")
+    eng = ManagedEngine(iii_procs, stubborn)
+    pid = eng.wait_state("svc", "running", connected=True)["pid"]
+    removed_at = time.monotonic()
+    eng.write_config("")
+    listed = wait_for(lambda: {w["name"]: w for w in eng.call("worker::list")["workers"]}
+                      .get("svc", {}).get("state") == "stopping" or None, 5, what="svc stopping")
+    assert listed is True and alive(pid)  # SIGTERM ignored: still running, still listed
+    assert eng.error("worker::start", {"name": "svc"}).code == "W110"  # leaving: not startable
+    wait_for(lambda: "svc" not in {w["name"] for w in eng.call("worker::list")["workers"]} or None,
+             10, what="svc gone from the list")
+    assert not alive(pid)  # gone from the list only once its process is gone
+    assert time.monotonic() - removed_at >= 1.4  # it waited out the stop timeout
+    assert eng.error("worker::start", {"name": "svc"}).code == "W110"

@@ -66,6 +66,7 @@ class Record:
     error_code: str | None = None
     lock_identity: Any = None  # iii.lock identity it was started with (registry workers)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    removing: bool = False  # left config.yaml; listed as stopping until its process is gone
 
     @property
     def in_process(self) -> bool:
@@ -110,7 +111,7 @@ class Supervisor:
 
     def record(self, name: str) -> Record:
         found = self.records.get(name)
-        if found is None:
+        if found is None or found.removing:
             raise SupervisorError("W110", f"no worker named '{name}' is declared in "
                                           f"{self._config_name()}")
         return found
@@ -169,9 +170,13 @@ class Supervisor:
         return WorkerLog(self.log_path(entry.name), entry.logs.max_bytes, entry.logs.keep, prefix)
 
     async def _remove(self, name: str) -> None:
-        record = self.records.pop(name)
+        # the record stays listed (state "stopping") until its process is gone: `iii worker
+        # remove` waits for the worker to leave the list and then says it has stopped
+        record = self.records[name]
+        record.removing = True
         async with record.lock:
             await self._halt(record)
+        self.records.pop(name, None)
         self.managed_isolation.pop(name, None)
         record.log.close()
 
