@@ -8,15 +8,22 @@ Python TCP ping-pong takes 54 µs per round trip when both sides sleep and 8 µs
 poll. Between messages that follow each other closely (a reply on its way, the next call of a
 busy caller) it is cheaper to keep asking.
 
-While the window is open the loop never blocks: a callback re-queues itself, so each turn of
-the loop polls with a zero timeout. Each turn gives the CPU away with ``sched_yield``, so a
-process with real work on this core runs first (without it, three polling processes on two
-cores took turns in whole scheduler slices and a 3-process ping-pong stalled). The window
-closes ``window`` after the last message read or written; then the loop sleeps as usual.
-An idle process costs nothing. A process with messages further apart than the window pays
-up to ``window`` of CPU time per message: engine, caller and worker together went from 24 %
-to 41.5 % of a core at 1,000 calls/s, for a hub p50 of 64 µs instead of 126 µs
-(docs/benchmarks.md).
+While the window is open the loop never blocks, and between two polls it gives the CPU away
+with ``sched_yield``, so a process with real work on this core runs first (without it, three
+polling processes on two cores took turns in whole scheduler slices and a 3-process
+ping-pong stalled). How the loop polls depends on the loop:
+
+- the standard loop's selector is wrapped, so a ``select`` that would block first polls the
+  kernel with a zero timeout until the window closes (or the loop's next timer is due): one
+  system call per poll, nothing else;
+- uvloop's poll is out of reach, so a callback re-queues itself and each turn of the loop
+  polls with a zero timeout.
+
+The window closes ``window`` after the last message read or written; then the loop sleeps
+as usual. An idle process costs nothing. A process with messages further apart than the
+window pays up to ``window`` of CPU time per message: engine, caller and worker together
+went from 24 % to 41.5 % of a core at 1,000 calls/s, for a hub p50 of 64 µs instead of
+126 µs (docs/benchmarks.md).
 
 ``PYIII_BUSY_POLL_US`` sets the window in microseconds; 0 turns busy polling off.
 """
@@ -28,9 +35,10 @@ import logging
 import os
 import time
 import weakref
+from typing import Any
 
 __all__ = ["ENV", "DEFAULT_WINDOW_US", "parse_window_us", "window_s", "set_window_s", "touch",
-           "queued"]
+           "polling"]
 
 ENV = "PYIII_BUSY_POLL_US"
 # Long enough to cover the wait for a reply through the engine (60-120 µs at concurrency 1),
@@ -77,12 +85,13 @@ class _Spinner:
     """The polling of one loop. Holds the loop weakly: the table below maps loops to spinners
     with weak keys, and a strong reference back would keep every loop alive."""
 
-    __slots__ = ("loop_ref", "until", "armed", "__weakref__")
+    __slots__ = ("loop_ref", "until", "armed", "in_selector", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop_ref = weakref.ref(loop)
         self.until = 0.0
-        self.armed = False
+        self.armed = False  # the re-queued callback is running (uvloop)
+        self.in_selector = False  # the loop's selector polls (standard loop)
 
     def spin(self) -> None:
         loop = self.loop_ref()
@@ -91,6 +100,40 @@ class _Spinner:
             loop.call_soon(self.spin)
         else:
             self.armed = False
+
+
+class _PollingSelector:
+    """A selector whose blocking ``select`` polls until the spinner's window closes."""
+
+    def __init__(self, inner: Any, spinner: _Spinner) -> None:
+        self._inner = inner
+        self._spinner = spinner
+        # the loop calls these directly; bound once instead of looked up through __getattr__
+        self.register, self.unregister, self.modify = inner.register, inner.unregister, inner.modify
+        self.get_key, self.get_map, self.close = inner.get_key, inner.get_map, inner.close
+
+    def select(self, timeout: float | None = None) -> Any:
+        inner = self._inner
+        if timeout is None or timeout > 0:
+            start = _clock()
+            stop = self._spinner.until
+            if timeout is not None and start + timeout < stop:
+                stop = start + timeout  # a timer is due first: wake for it on time
+            if start < stop:
+                while True:
+                    events = inner.select(0)
+                    if events:
+                        return events
+                    now = _clock()
+                    if now >= stop:
+                        break
+                    _yield()
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (now - start))
+        return inner.select(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 _spinners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Spinner] = weakref.WeakKeyDictionary()
@@ -104,23 +147,29 @@ def _spinner_of(loop: asyncio.AbstractEventLoop) -> _Spinner | None:
     return _spinners.get(loop)
 
 
+def _new_spinner(loop: asyncio.AbstractEventLoop) -> _Spinner:
+    spinner = _spinners[loop] = _Spinner(loop)
+    selector = getattr(loop, "_selector", None)  # asyncio's selector loops (private, stable)
+    if selector is not None and callable(getattr(selector, "select", None)):
+        loop._selector = _PollingSelector(selector, spinner)  # type: ignore[attr-defined]
+        spinner.in_selector = True
+    return spinner
+
+
 def touch(loop: asyncio.AbstractEventLoop) -> None:
     """A message was read or written on ``loop``: keep it polling for the next window."""
     global _last
     if not _window:
         return
-    spinner = _spinner_of(loop)
-    if spinner is None:
-        spinner = _spinners[loop] = _Spinner(loop)
+    spinner = _spinner_of(loop) or _new_spinner(loop)
     _last = spinner
     spinner.until = _clock() + _window
-    if not spinner.armed and not loop.is_closed():
+    if not spinner.armed and not spinner.in_selector and not loop.is_closed():
         spinner.armed = True
         loop.call_soon(spinner.spin)
 
 
-def queued(loop: asyncio.AbstractEventLoop) -> int:
-    """1 while ``loop`` has the busy-poll callback queued, else 0 (callers that look at the
-    loop's ready queue to decide whether other work is waiting leave it out)."""
+def polling(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is inside a busy-poll window now."""
     spinner = _spinner_of(loop)
-    return 1 if spinner is not None and spinner.armed else 0
+    return spinner is not None and _clock() < spinner.until

@@ -232,11 +232,9 @@ def _mark_dirty(ws: Any) -> None:
             # written from a task (a caller's trigger): when other callbacks are ready to run
             # in this turn of the loop (32 callers, each sending a call), flush after them, so
             # their frames go out in one system call; alone, flush now (no added latency).
-            # (the busy-poll callback does not count). A loop that does not show its ready
-            # queue (uvloop) always flushes after them
+            # A loop that does not show its ready queue (uvloop) always flushes after them
             loop = ws.loop
-            ready = getattr(loop, "_ready", None)
-            if ready is not None and len(ready) <= busypoll.queued(loop):
+            if not getattr(loop, "_ready", True):
                 ws._flush_pending = False
                 _flush(ws)
                 return

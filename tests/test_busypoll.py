@@ -59,10 +59,10 @@ def test_the_loop_polls_for_one_window_then_sleeps(loop_name: str, window: None,
                                                    yields: list[int]) -> None:
     busypoll.set_window_s(0.02)
 
-    async def scenario() -> tuple[int, int, int, int, float]:
+    async def scenario() -> tuple[bool, int, int, int, float]:
         loop = asyncio.get_running_loop()
         busypoll.touch(loop)
-        armed = busypoll.queued(loop)
+        armed = busypoll.polling(loop)
         await asyncio.sleep(0.01)  # inside the window: the spinner runs turn after turn
         during = yields[0]
         await asyncio.sleep(0.05)  # the window has closed
@@ -74,48 +74,70 @@ def test_the_loop_polls_for_one_window_then_sleeps(loop_name: str, window: None,
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         armed, during, after_window, idle_turns, idle_cpu = runner.run(scenario())
-    assert armed == 1
+    assert armed is True
     assert during >= 10  # many zero-timeout polls in 10 ms, not one sleep
     assert after_window >= during
     assert idle_turns == 0
     assert idle_cpu < 0.05
 
 
-def test_each_message_extends_the_window_and_one_spinner_serves_a_loop(window: None,
-                                                                        yields: list[int]) -> None:
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_each_message_extends_the_window(loop_name: str, window: None, yields: list[int]) -> None:
     busypoll.set_window_s(0.03)
 
-    async def scenario() -> tuple[int, int, bool]:
+    async def scenario() -> tuple[list[bool], bool]:
         loop = asyncio.get_running_loop()
+        seen = []
         busypoll.touch(loop)
-        busypoll.touch(loop)  # a second message in the same turn queues nothing more
-        queued_callbacks = len(loop._ready)  # type: ignore[attr-defined]
         for _ in range(4):  # a message every 20 ms keeps the 30 ms window open throughout
             await asyncio.sleep(0.02)
+            seen.append(busypoll.polling(loop))
             busypoll.touch(loop)
-        still_armed = busypoll.queued(loop)
         await asyncio.sleep(0.08)
-        return queued_callbacks, still_armed, busypoll.queued(loop) == 0
+        return seen, busypoll.polling(loop)
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        seen, after = runner.run(scenario())
+    assert seen == [True, True, True, True]
+    assert after is False
+
+
+def test_the_standard_loop_polls_in_its_selector_and_queues_nothing(window: None,
+                                                                   yields: list[int]) -> None:
+    busypoll.set_window_s(0.05)
+
+    async def scenario() -> tuple[int, float, int]:
+        loop = asyncio.get_running_loop()
+        busypoll.touch(loop)
+        busypoll.touch(loop)  # the selector is wrapped once
+        ready = len(loop._ready)  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        await asyncio.sleep(0.005)  # a timer due inside the window still fires on time
+        late = time.perf_counter() - started
+        return ready, late, yields[0]
 
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        queued_callbacks, still_armed, closed = runner.run(scenario())
-    assert queued_callbacks == 1
-    assert still_armed == 1
-    assert closed
+        selector = runner.get_loop()._selector  # type: ignore[attr-defined]
+        ready, late, polls = runner.run(scenario())
+        wrapped = runner.get_loop()._selector  # type: ignore[attr-defined]
+    assert ready == 0
+    assert late < 0.03  # not the 50 ms window
+    assert polls > 0
+    assert type(wrapped).__name__ == "_PollingSelector" and wrapped._inner is selector
 
 
 def test_window_zero_turns_it_off(window: None, yields: list[int]) -> None:
     busypoll.set_window_s(0)
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, bool]:
         loop = asyncio.get_running_loop()
         busypoll.touch(loop)
         queued = len(loop._ready)  # type: ignore[attr-defined]
         await asyncio.sleep(0.02)
-        return queued, busypoll.queued(loop)
+        return queued, busypoll.polling(loop)
 
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        assert runner.run(scenario()) == (0, 0)
+        assert runner.run(scenario()) == (0, False)
     assert yields[0] == 0
 
 
@@ -127,26 +149,10 @@ async def test_messages_on_the_wire_open_the_window(engine, window: None) -> Non
         await client.wait_connected(5)
         client.register_function("poll::echo", lambda data: data)
         await asyncio.sleep(0.4)  # let the window of the connection's set-up close
-        assert busypoll.queued(loop) == 0
+        assert busypoll.polling(loop) is False
         result = await client.trigger_async({"function_id": "poll::echo", "payload": {"n": 7}})
         assert result == {"n": 7}
-        assert busypoll.queued(loop) == 1  # engine and client share this loop here
-    finally:
-        await client.shutdown_async()
-
-
-async def test_a_write_from_a_task_goes_out_at_once_while_the_loop_polls(engine, window: None) -> None:
-    """The spinner's own callback in the ready queue must not make a lone write wait for the
-    next turn of the loop (that would add a turn to every call)."""
-    busypoll.set_window_s(2.0)
-    client = register_worker(engine.url, InitOptions(worker_name="writer"))
-    try:
-        await client.wait_connected(5)
-        ws = client._link._ws  # type: ignore[attr-defined]
-        busypoll.touch(asyncio.get_running_loop())
-        assert busypoll.queued(asyncio.get_running_loop()) == 1
-        client._link.send_nowait({"type": "ping-test"})  # type: ignore[attr-defined]
-        assert ws._out is None and not ws._flush_pending  # written to the socket already
+        assert busypoll.polling(loop) is True  # engine and client share this loop here
     finally:
         await client.shutdown_async()
 
