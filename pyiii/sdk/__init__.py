@@ -4,6 +4,8 @@
 Modules: ``register`` (entry point), ``client`` (``III``), ``connection`` (link, replay,
 dispatch), ``transport`` (WebSocket / pluggable links), ``channels``, ``triggers``,
 ``types``, ``errors``, ``invoke`` (handler adaptation), ``worker_info`` (env resolution).
+``run`` (from ``pyiii.runtime``) runs an async worker program on uvloop, the loop the client
+is fastest on.
 """
 
 from pyiii.protocol import DEFAULT_ENGINE_URL
