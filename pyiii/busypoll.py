@@ -25,19 +25,21 @@ window pays up to ``window`` of CPU time per message: engine, caller and worker 
 went from 20 % to 34 % of a core at 1,000 calls/s, for a hub p50 of 59 µs instead of
 137 µs (docs/benchmarks.md).
 
-``PYIII_BUSY_POLL_US`` sets the window in microseconds; 0 turns busy polling off.
+``PYIII_BUSY_POLL_US`` sets the window in microseconds (at most 10,000); 0 turns busy polling
+off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import weakref
 from typing import Any
 
-__all__ = ["ENV", "DEFAULT_WINDOW_US", "parse_window_us", "window_s", "set_window_s", "touch",
+__all__ = ["ENV", "DEFAULT_WINDOW_US", "MAX_WINDOW_US", "parse_window_us", "window_s", "set_window_s", "touch",
            "polling"]
 
 ENV = "PYIII_BUSY_POLL_US"
@@ -45,6 +47,8 @@ ENV = "PYIII_BUSY_POLL_US"
 # short enough that a process seeing 1,000 calls a second spends about 6 % of a core on it.
 # Off where the OS cannot give the CPU away between polls (no sched_yield).
 DEFAULT_WINDOW_US = 100 if hasattr(os, "sched_yield") else 0
+
+MAX_WINDOW_US = 10_000  # longer windows only burn CPU: no reply takes that long to arrive
 
 log = logging.getLogger("pyiii.busypoll")
 
@@ -62,6 +66,10 @@ def parse_window_us(raw: str | None) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         log.warning("%s=%r is not a number of microseconds; using %d", ENV, raw, DEFAULT_WINDOW_US)
         return DEFAULT_WINDOW_US / 1e6
+    if value > MAX_WINDOW_US:
+        log.warning("%s=%r is above the %d µs maximum; using %d", ENV, raw, MAX_WINDOW_US,
+                    MAX_WINDOW_US)
+        value = MAX_WINDOW_US
     return max(0.0, value) / 1e6
 
 
@@ -76,8 +84,11 @@ def window_s() -> float:
 
 
 def set_window_s(seconds: float) -> None:
-    """Change the window for this process (``ENV`` sets it at start-up)."""
+    """Change the window for this process (``ENV`` sets it at start-up, capped at
+    ``MAX_WINDOW_US``; tests use longer windows here to observe it)."""
     global _window
+    if not math.isfinite(seconds):
+        raise ValueError(f"the busy-poll window must be a finite number of seconds, not {seconds}")
     _window = max(0.0, seconds)
 
 

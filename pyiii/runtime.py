@@ -5,7 +5,7 @@ the event loop they use and their garbage-collector settings.
 every message costs a system call or two and a turn of the loop, and libuv's loop does that
 part several times cheaper than the standard one (hub round trip at concurrency 1: 3.2k ->
 4.4k calls/s with only the engine on uvloop, docs/benchmarks.md). ``PYIII_LOOP=asyncio``
-chooses the standard loop. pyiii.sdk never changes the loop of the program it runs in: a
+chooses the standard loop. pyiii.sdk never replaces the loop of the program it runs in: a
 client built inside a running loop uses that loop; a client built in a plain script runs its
 own loop in a background thread, and that one is chosen here too. ``pyiii.sdk.run`` is ``run``
 for worker programs that want the same loop.
@@ -75,8 +75,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop ``loop_name`` names."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(main)
+    if loop_name() == "uvloop":
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)  # exactly the standard behaviour (it also sets the current loop)
 
 
 def running_loop_name() -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from typing import Any, Callable
 
 import websockets.frames
@@ -70,8 +71,18 @@ websockets.frames.secrets = _entropy  # type: ignore[attr-defined]
 # on the first slice while this one works on the rest (hub benchmark at concurrency 32:
 # 29.6k -> 35k calls/s). Smaller slices cost more system calls than they gain.
 FLUSH_EVERY = 16
-_dirty: list[Any] = []  # connections written to during the current data_received
-_batching = False
+class _ThreadState(threading.local):
+    """Write batching is per thread: pyiii.sdk may run its own loop in a background thread
+    while the program's loop (or an engine) runs in another, and one thread's read must never
+    flush, or be flushed by, the other's connections."""
+
+    batching = False  # inside a data_received call
+
+    def __init__(self) -> None:
+        self.dirty: list[Any] = []  # connections written to during it
+
+
+_state = _ThreadState()
 
 
 class DirectDelivery:
@@ -100,9 +111,9 @@ class DirectDelivery:
     # -- receiving ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        global _batching
-        nested = _batching
-        _batching = True
+        state = _state
+        nested = state.batching
+        state.batching = True
         try:
             if self._mode == _FAST or (self._mode == _UNKNOWN and self._may_go_fast()):
                 self._mode = _FAST
@@ -111,7 +122,7 @@ class DirectDelivery:
                 super().data_received(data)  # type: ignore[misc]
         finally:
             if not nested:
-                _batching = False
+                state.batching = False
                 flush_all()
                 busypoll.touch(self.loop)  # type: ignore[attr-defined]
 
@@ -226,8 +237,9 @@ class DirectDelivery:
 def _mark_dirty(ws: Any) -> None:
     if not ws._flush_pending:
         ws._flush_pending = True
-        if _batching:
-            _dirty.append(ws)
+        state = _state
+        if state.batching:
+            state.dirty.append(ws)
         else:
             # written from a task (a caller's trigger): when other callbacks are ready to run
             # in this turn of the loop (32 callers, each sending a call), flush after them, so
@@ -251,8 +263,9 @@ def _flush_later(ws: Any) -> None:
 
 
 def flush_all() -> None:
-    while _dirty:
-        ws = _dirty.pop()
+    dirty = _state.dirty
+    while dirty:
+        ws = dirty.pop()
         ws._flush_pending = False
         _flush(ws)
 

@@ -4,6 +4,7 @@ WebSocket and over the engine's in-process connector."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -184,3 +185,63 @@ def engine_in_thread():
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+async def test_a_script_client_in_its_own_thread_beside_the_engines_loop(engine):
+    """pyiii.sdk's own loop (a background thread) and the engine's loop (this thread) both use
+    pyiii.wswire; each thread batches and flushes only its own connections."""
+    import threading
+
+    server = await worker(engine.url, "server")
+    server.register_function("twice::x", lambda d: {"v": d["v"] * 2})
+    here = await worker(engine.url, "here")
+    await asyncio.sleep(0.05)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def script() -> None:  # a plain script: the client runs its own loop in a thread
+        client = register_worker(engine.url, InitOptions(worker_name="script", reconnection_config=FAST))
+        try:
+            for v in range(200):
+                results.append(client.trigger({"function_id": "twice::x", "payload": {"v": v},
+                                               "timeout_ms": 5000})["v"])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            client.shutdown()
+
+    thread = threading.Thread(target=script)
+    thread.start()
+    try:
+        ours = await asyncio.gather(*(here.trigger_async({"function_id": "twice::x", "payload": {"v": v}})
+                                      for v in range(200)))
+        assert [r["v"] for r in ours] == [2 * v for v in range(200)]
+        await asyncio.to_thread(thread.join, 30)
+        assert not thread.is_alive() and errors == []
+        assert results == [2 * v for v in range(200)]
+    finally:
+        await server.shutdown_async()
+        await here.shutdown_async()
+
+
+def test_write_batching_is_per_thread():
+    """While this thread is inside a read (its writes are held until the read returns), a
+    write made by another thread's loop must go to that thread's own batch."""
+    import threading
+
+    from pyiii import wswire
+
+    wswire._state.batching = True  # as inside data_received on this thread
+    try:
+        seen: dict[str, Any] = {}
+
+        def other_thread() -> None:
+            seen["batching"], seen["dirty"] = wswire._state.batching, wswire._state.dirty
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(5)
+        assert seen["batching"] is False
+        assert seen["dirty"] is not wswire._state.dirty
+    finally:
+        wswire._state.batching = False

@@ -203,3 +203,32 @@ def test_simple_start_commands_are_execd():
     assert shell_command("./bin/run --port=3") == ["/bin/sh", "-c", "exec ./bin/run --port=3"]
     for script in ("npm ci && node x", "a; b", "a | b", "x > log", "FOO=1 node x", "echo `id`"):
         assert shell_command(script) == ["/bin/sh", "-c", script]
+
+
+async def test_a_worker_whose_stop_fails_still_leaves_the_list(tmp_path):
+    """A removal whose halt raises must not leave a record that is listed forever and refuses
+    every command."""
+    from pyiii.engine.config import parse_config
+    from pyiii.engine.core import Engine
+    from pyiii.manager.logfile import WorkerLog
+    from pyiii.manager.supervisor import Record, Supervisor, SupervisorError
+
+    project = parse_config("workers:\n  - name: svc\n    worker_path: ./svc\n",
+                           tmp_path / "config.yaml")
+    sup = Supervisor(Engine(), project, ephemeral=True, engine_url="ws://127.0.0.1:1")
+
+    class BrokenProcess:
+        active, state = True, "running"
+
+        async def stop(self) -> None:
+            raise OSError("signal failed")
+
+    sup.records["svc"] = Record(project.workers[0], WorkerLog(None, 1000, 1), process=BrokenProcess())
+    with pytest.raises(OSError, match="signal failed"):
+        await sup._remove("svc")
+    assert "svc" not in sup.records
+    with pytest.raises(SupervisorError):
+        sup.record("svc")
+
+    leaving = Record(project.workers[0], WorkerLog(None, 1000, 1), resident=object(), removing=True)
+    assert leaving.state == "stopping"  # an in-process worker being removed is not "running"

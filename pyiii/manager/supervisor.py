@@ -77,7 +77,7 @@ class Record:
         if self.process is not None and (self.process.active or self.process.state != "stopped"):
             return self.process.state
         if self.resident is not None:
-            return "running"
+            return "stopping" if self.removing else "running"
         if self.reason is not None:
             return "failed"
         return "disabled" if not self.entry.enabled else "stopped"
@@ -174,11 +174,13 @@ class Supervisor:
         # remove` waits for the worker to leave the list and then says it has stopped
         record = self.records[name]
         record.removing = True
-        async with record.lock:
-            await self._halt(record)
-        self.records.pop(name, None)
-        self.managed_isolation.pop(name, None)
-        record.log.close()
+        try:
+            async with record.lock:
+                await self._halt(record)
+        finally:  # even if halting failed: the worker has left config.yaml
+            self.records.pop(name, None)
+            self.managed_isolation.pop(name, None)
+            record.log.close()
 
     async def _change(self, name: str, new: WorkerEntry) -> None:
         record = self.records[name]
