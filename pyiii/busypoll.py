@@ -39,8 +39,8 @@ import time
 import weakref
 from typing import Any
 
-__all__ = ["ENV", "DEFAULT_WINDOW_US", "MAX_WINDOW_US", "parse_window_us", "window_s", "set_window_s", "touch",
-           "polling"]
+__all__ = ["ENV", "DEFAULT_WINDOW_US", "MAX_WINDOW_US", "parse_window_us", "window_s",
+           "set_window_s", "touch", "polling"]
 
 ENV = "PYIII_BUSY_POLL_US"
 # Long enough to cover the wait for a reply through the engine (60-120 µs at concurrency 1),
@@ -62,8 +62,8 @@ def parse_window_us(raw: str | None) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):
+        value = math.nan
+    if not math.isfinite(value):
         log.warning("%s=%r is not a number of microseconds; using %d", ENV, raw, DEFAULT_WINDOW_US)
         return DEFAULT_WINDOW_US / 1e6
     if value > MAX_WINDOW_US:
