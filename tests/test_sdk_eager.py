@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyiii.engine.inprocess import local_connector
-from pyiii.sdk import InitOptions, InvocationError, register_worker
+from pyiii.sdk import InitOptions, InvocationError, TriggerAction, register_worker
 from pyiii.sdk import calls
 from pyiii.sdk.calls import SYNC_STREAK_MAX
 
@@ -262,3 +262,37 @@ async def test_sync_answers_yield_once_the_turn_budget_is_spent(pair, engine, mo
     # the 2 ms budget starts at the first answer and is spent after the 3rd or 4th (sooner if
     # the machine stalls), far below SYNC_STREAK_MAX: that answer yields, the other task runs
     assert ran and 1 <= ran[0] <= 3, (ran, done)
+
+
+async def test_a_loop_of_void_calls_lets_other_tasks_run(pair, engine, monkeypatch):
+    """Void calls never wait for anything: without the streak rule a loop of them would keep
+    the event loop (and the handlers they start, and the socket) waiting until it ends."""
+    monkeypatch.setattr(calls, "TURN_BUDGET_S", 60.0)  # counts only
+    a, b = pair
+    got: list[int] = []
+
+    async def sink(data: Any) -> None:
+        await asyncio.sleep(0)  # a handler that waits: it can finish only when the caller yields
+        got.append(data)
+
+    a.register_function("e::sink", sink)
+    await registered(engine, "e::sink")
+    order: list[str] = []
+
+    async def ticker() -> None:
+        for i in range(3):
+            order.append(f"tick{i}")
+            await asyncio.sleep(0)
+
+    ticks = asyncio.ensure_future(ticker())
+    void = {"action": TriggerAction.Void()}
+    for i in range(3 * (SYNC_STREAK_MAX + 1)):
+        assert await call(b, "e::sink", i, **void) is None
+    assert order == ["tick0", "tick1", "tick2"]  # exactly one yield per streak
+    assert 0 < len(got) < 3 * (SYNC_STREAK_MAX + 1)  # handlers ran while the loop went on
+    await ticks
+    for _ in range(100):
+        if len(got) == 3 * (SYNC_STREAK_MAX + 1):
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(got) == list(range(3 * (SYNC_STREAK_MAX + 1)))
