@@ -58,26 +58,43 @@ class Calls(ConnectionCore):
         # the body of the call is here, not in a helper coroutine: one coroutine per call
         frame, function_id, timeout_ms = self._call_frame(request)
         action = frame.get("action")
+        future: asyncio.Future[Any] | None = None
         if action is not None and action["type"] == "void":
-            # nothing to wait for, so a loop of void calls would never let the event loop
-            # run (nor drain the socket): the same streak rule as answers during the send
             if not self._send_now(frame):
                 await self._send(frame)
-            if self._turn_is_over():
+        else:
+            inv_id, timeout_ms, future = self._await_answer(frame, function_id, timeout_ms)
+            try:
+                if not self._send_now(frame):  # no coroutine layers when the link writes at once
+                    await self._send(frame)
+            except BaseException:  # cancelled by the caller, or the send failed
+                self._forget_call(inv_id, timeout_ms)
+                raise
+        if future is None or future.done():
+            # finished without waiting (void, or answered during the send by an in-process
+            # handler): no task switch was needed, but a caller looping over such calls must
+            # not starve the loop (nor the handlers it starts, nor the socket). A caller
+            # yields once after SYNC_STREAK_MAX of them in a row (the next task then starts
+            # its own streak), and every one yields once the loop's turn has spent
+            # TURN_BUDGET_S on them: the turn stays short however many tasks call. Inline:
+            # this runs on every in-process call
+            loop = self._loop
+            deadline = self._turn_deadline
+            if deadline == 0.0:  # the first such call in this turn of the loop
+                self._turn_deadline = loop.time() + TURN_BUDGET_S
+                loop.call_soon(self._end_turn)
+            streak = self._sync_streak
+            if streak >= SYNC_STREAK_MAX or (deadline != 0.0 and loop.time() > deadline):
+                self._sync_streak = 0
                 await asyncio.sleep(0)
-            return None
-        inv_id, timeout_ms, future = self._await_answer(frame, function_id, timeout_ms)
+            else:
+                self._sync_streak = streak + 1
+            if future is None:
+                return None
         try:
-            if not self._send_now(frame):  # no coroutine layers when the link writes at once
-                await self._send(frame)
-            if future.done() and self._turn_is_over():
-                # answered during the send (an in-process handler that did not wait): no
-                # task switch was needed, but a caller looping over such calls must not
-                # starve the loop
-                await asyncio.sleep(0)
             return await future
         finally:
-            if not future.done():  # cancelled by the caller, or the send failed
+            if not future.done():  # cancelled by the caller
                 self._forget_call(inv_id, timeout_ms)
 
     def _call_frame(self, request: Any) -> tuple[dict[str, Any], str, Any]:
@@ -132,24 +149,6 @@ class Calls(ConnectionCore):
     def _forget_call(self, inv_id: str, timeout_ms: int) -> None:
         self._deadlines.discard(inv_id, timeout_ms)
         self._pending.pop(inv_id, None)
-
-    def _turn_is_over(self) -> bool:
-        """Count one call that finished without the caller waiting (answered during the
-        send, or void); True when the caller should now yield once. A caller yields after
-        SYNC_STREAK_MAX of them in a row (the next task then starts its own streak), and every
-        caller yields once the loop's turn has spent TURN_BUDGET_S on them: the turn stays
-        short however many tasks call."""
-        loop = self._loop
-        deadline = self._turn_deadline
-        if deadline == 0.0:  # the first such call in this turn of the loop
-            self._turn_deadline = loop.time() + TURN_BUDGET_S
-            loop.call_soon(self._end_turn)
-        streak = self._sync_streak
-        if streak >= SYNC_STREAK_MAX or (deadline != 0.0 and loop.time() > deadline):
-            self._sync_streak = 0
-            return True
-        self._sync_streak = streak + 1
-        return False
 
     def _end_turn(self) -> None:
         self._sync_streak = 0
