@@ -22,8 +22,8 @@ ping-pong stalled). How the loop polls depends on the loop:
 The window closes ``window`` after the last message read or written; then the loop sleeps
 as usual. An idle process costs nothing. A process with messages further apart than the
 window pays up to ``window`` of CPU time per message: engine, caller and worker together
-went from 20 % to 34 % of a core at 1,000 calls/s, for a hub p50 of 59 µs instead of
-137 µs (docs/benchmarks.md).
+went from 22 % to 38 % of a core at 1,000 calls/s, for a hub p50 of 62 µs instead of
+145 µs (docs/benchmarks.md).
 
 ``PYIII_BUSY_POLL_US`` sets the window in microseconds (at most 10,000); 0 turns busy polling
 off.
