@@ -491,12 +491,6 @@ class Runner:
         finally:
             await self.stop_all()
 
-    async def pyiii_nopoll(self) -> dict[str, Any]:
-        return await self.pyiii(variant="pyiii-nopoll")
-
-    async def pyiii_asyncio(self) -> dict[str, Any]:
-        return await self.pyiii(variant="pyiii-asyncio")
-
     async def paced(self) -> dict[str, Any]:
         """What busy polling costs: CPU of the three hub processes at a steady, low call rate,
         with polling on (default) and off."""
@@ -760,7 +754,8 @@ async def orchestrate(args: argparse.Namespace) -> None:
             result: dict[str, Any] = {}
             for scenario in args.scenarios:
                 t0 = time.perf_counter()
-                result[scenario] = await getattr(runner, scenario.replace("-", "_"))()
+                result[scenario] = await (runner.pyiii(variant=scenario) if scenario in PYIII_VARIANTS
+                                          else getattr(runner, scenario)())
                 brief = result[scenario]
                 if scenario == "memory":
                     text = f"{brief['kib_per_connection']:.1f} KiB/conn"

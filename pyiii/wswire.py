@@ -123,8 +123,10 @@ class DirectDelivery:
         finally:
             if not nested:
                 state.batching = False
-                flush_all()
-                busypoll.touch(self.loop)  # type: ignore[attr-defined]
+                if state.dirty:
+                    flush_all()  # each write opens the busy-poll window
+                else:  # a read that wrote nothing opens it here
+                    busypoll.touch(self.loop)  # type: ignore[attr-defined]
 
     def _may_go_fast(self) -> bool:
         # only at a frame boundary of the library's parser: nothing buffered, no fragments
